@@ -1,0 +1,63 @@
+"""CoVeR: one TimeSformer backbone, one classification head per dataset."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cover_jax.models import timesformer
+
+
+class CoVeR(nnx.Module):
+  """TimeSformer backbone + ``heads[dataset_name]`` linear classifiers.
+
+  Heads are zero-initialised (as big_vision does for classifiers trained from
+  scratch): every dataset starts from uniform predictions, so no head dominates
+  the shared backbone's early gradients.
+  """
+
+  def __init__(self, backbone: timesformer.TimeSformer, num_classes: Mapping[str, int], *,
+               rngs: nnx.Rngs):
+    width = backbone.dims.width
+    self.backbone = backbone
+    self.heads = nnx.Dict({
+        name: nnx.Linear(
+            width, classes, rngs=rngs,
+            kernel_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed", "classes"),
+                                              eager_sharding=False),
+            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",),
+                                            eager_sharding=False))
+        for name, classes in sorted(num_classes.items())})
+
+  @property
+  def dataset_names(self) -> tuple[str, ...]:
+    return tuple(sorted(self.heads.keys()))
+
+  def __call__(self, x_bthwc: jax.Array, dataset: str, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Logits (B, classes of `dataset`) for a batch of clips of that dataset."""
+    features_bd = self.backbone(x_bthwc, deterministic=deterministic, rngs=rngs)
+    return self.heads[dataset](features_bd).astype(jnp.float32)
+
+
+def build_model(model_config, num_classes: Mapping[str, int], rngs: nnx.Rngs) -> CoVeR:
+  """Builds CoVeR from `config.model` and {dataset name: class count}."""
+  dims = model_dims(model_config)
+  backbone = timesformer.TimeSformer(
+      dims, image_size=model_config.image_size, num_frames=model_config.num_frames,
+      attention_type=model_config.attention_type, dropout=model_config.dropout,
+      attention_dropout=model_config.attention_dropout,
+      stochastic_depth=model_config.stochastic_depth,
+      dtype=jnp.dtype(model_config.dtype), rngs=rngs)
+  return CoVeR(backbone, num_classes, rngs=rngs)
+
+
+def model_dims(model_config) -> timesformer.TimeSformerDims:
+  """The variant's dimensions, with any explicit width/depth/... overrides."""
+  dims = timesformer.decode_variant(model_config.variant)
+  overrides = {field: model_config.get(field) for field in ("width", "depth", "num_heads", "mlp_dim")}
+  return timesformer.TimeSformerDims(**{
+      **dims.__dict__, **{k: v for k, v in overrides.items() if v}})
