@@ -1,0 +1,67 @@
+"""Orbax checkpoints of the train state, with fall-back to older steps.
+
+Each checkpoint holds two items: `state` (step, parameters, optimizer state:
+arrays, restored bit-exactly onto the current mesh's shardings) and `meta`
+(JSON: the config and the run's bookkeeping). A damaged latest checkpoint
+still shows up in `all_steps()` and only fails when restored, so restoring
+tries steps newest-first, each with a *fresh* CheckpointManager (a manager that
+failed once can fail on a good step too, see PITFALLS). Nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import orbax.checkpoint as ocp
+
+
+class Checkpointer:
+  """Periodic asynchronous saves, keep-N, and restore-latest-that-works."""
+
+  def __init__(self, directory: str, *, max_to_keep: int, asynchronous: bool = True):
+    self.directory = os.path.abspath(directory)
+    self._options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True)
+    self._manager = self._new_manager()
+
+  def _new_manager(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(self.directory, options=self._options,
+                                 item_names=("state", "meta"))
+
+  def save(self, step: int, state, meta: dict) -> None:
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
+    """(step, state, meta) of the newest checkpoint that restores, else None.
+
+    Args:
+      abstract_state: the state's pytree of jax.ShapeDtypeStruct with
+        shardings; restored arrays are placed accordingly.
+    """
+    self._manager.wait_until_finished()
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      manager = self._new_manager()
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        return step, restored["state"], dict(restored["meta"] or {})
+      except Exception as e:  # pylint: disable=broad-except
+        # Any damage (truncated files, missing metadata, garbage manifest)
+        # surfaces as some exception from deep inside Orbax/TensorStore.
+        logging.warning("checkpoint step %d in %s does not restore (%s: %s); "
+                        "trying an older one", step, self.directory, type(e).__name__, e)
+      finally:
+        manager.close()
+    return None

@@ -1,0 +1,126 @@
+"""The pure training and evaluation steps.
+
+`train_step(state, batches, rng) -> (state, metrics)` is a plain function of
+arrays: the model's graph definition, the optimizer and the per-dataset loss
+settings are bound with `functools.partial`, and the trainer jits it once.
+
+The head is chosen *inside* the step with `lax.switch` on the batch's
+`dataset_index`, so datasets whose batches have the same shape share one
+compiled step: a run compiles once per distinct input shape (e.g. once for
+8-frame clips, once for T=1 images), however many datasets it mixes.
+
+A step takes a tuple of per-dataset batches: one in 'sample' mixture mode, one
+per dataset in 'all' mode, with the loss a weighted sum.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any      # nnx.State of the model's parameters
+  opt_state: Any
+
+
+@flax.struct.dataclass(frozen=True)
+class HeadSettings:
+  """Static, per-dataset loss settings, in `dataset_names` order."""
+  dataset_names: tuple[str, ...] = flax.struct.field(pytree_node=False)
+  label_smoothing: tuple[float, ...] = flax.struct.field(pytree_node=False)
+
+
+def classification_loss(logits, labels, label_smoothing: float):
+  """Mean softmax cross-entropy with label smoothing, and top-1 hits."""
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1])
+  if label_smoothing > 0:
+    one_hot = optax.smooth_labels(one_hot, label_smoothing)
+  loss = optax.softmax_cross_entropy(logits, one_hot).mean()
+  top1 = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32).mean()
+  return loss, top1
+
+
+def _head_loss(model, features_bd, labels, dataset_index, heads: HeadSettings):
+  """Loss and top-1 through the head of the batch's dataset (`lax.switch`)."""
+  def branch(i):
+    def f(features, y):
+      logits = model.heads[heads.dataset_names[i]](features)
+      return classification_loss(logits, y, heads.label_smoothing[i])
+    return f
+  branches = [branch(i) for i in range(len(heads.dataset_names))]
+  return jax.lax.switch(dataset_index, branches, features_bd, labels)
+
+
+def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings):
+  model = nnx.merge(graphdef, params)
+  total, losses, top1s = 0.0, [], []
+  for i, (batch, weight) in enumerate(zip(batches, loss_weights)):
+    rngs = nnx.Rngs(dropout=jax.random.fold_in(rng, i))
+    features = model.backbone(batch["video"], deterministic=False, rngs=rngs)
+    loss, top1 = _head_loss(model, features, batch["label"], batch["dataset_index"], heads)
+    total += weight * loss
+    losses.append(loss)
+    top1s.append(top1)
+  return total, (jnp.stack(losses), jnp.stack(top1s))
+
+
+def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *,
+               graphdef, tx: optax.GradientTransformation, heads: HeadSettings,
+               loss_weights: tuple[float, ...], learning_rate_fn):
+  """One optimizer step on `batches` (a tuple of per-dataset batches).
+
+  Each batch is {'video': (B, T, H, W, 3) float, 'label': (B,) int,
+  'dataset_index': () int32 index into `heads.dataset_names`}.
+  Metrics hold the total loss, per-batch losses and top-1, the gradient norm
+  and the learning rate; the host maps per-batch entries to dataset names.
+  """
+  step_rng = jax.random.fold_in(rng, state.step)
+  grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
+  (loss, (losses, top1s)), grads = grad_fn(state.params, graphdef, tuple(batches),
+                                           loss_weights, step_rng, heads)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"loss": loss, "batch_loss": losses, "batch_top1": top1s,
+             "grad_norm": optax.global_norm(grads),
+             "learning_rate": learning_rate_fn(state.step)}
+  return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params, batch: dict, *, graphdef, heads: HeadSettings):
+  """Summed top-1/top-5 hits, loss and example count over the real examples."""
+  model = nnx.merge(graphdef, params)
+  features = model.backbone(batch["video"], deterministic=True)
+  mask = batch["mask"].astype(jnp.float32)
+
+  def branch(i):
+    def f(features, labels):
+      logits = model.heads[heads.dataset_names[i]](features)
+      return _masked_counts(logits, labels, mask)
+    return f
+  branches = [branch(i) for i in range(len(heads.dataset_names))]
+  return jax.lax.switch(batch["dataset_index"], branches, features, batch["label"])
+
+
+def _masked_counts(logits, labels, mask):
+  k = min(5, logits.shape[-1])
+  top_k = jax.lax.top_k(logits, k)[1]
+  top1 = (top_k[:, 0] == labels).astype(jnp.float32)
+  top5 = (top_k == labels[:, None]).any(axis=-1).astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {"top1": (top1 * mask).sum(), "top5": (top5 * mask).sum(),
+          "loss": (loss * mask).sum(), "count": mask.sum()}
+
+
+def bind_train_step(graphdef, tx, heads: HeadSettings, loss_weights, learning_rate_fn):
+  return functools.partial(train_step, graphdef=graphdef, tx=tx, heads=heads,
+                           loss_weights=tuple(loss_weights), learning_rate_fn=learning_rate_fn)

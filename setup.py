@@ -1,0 +1,32 @@
+"""cover_jax: CoVeR (Co-training Videos and Images for Action Recognition) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+# Pinned: a set known to resolve together on Python 3.11 (see README).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "tensorflow-cpu==2.21.0",  # input pipelines only; never also list `tensorflow`
+    "tensorflow-datasets==4.9.10",
+    "clu==0.0.12",
+    "tensorboard==2.21.0",  # clu's metric writers need it; TF no longer pulls it in
+    "einops==0.8.2",
+    "absl-py==2.5.1",
+]
+
+setup(
+    name="cover_jax",
+    version="0.1.0",
+    description="CoVeR: co-training TimeSformer on videos and images, in JAX/Flax",
+    packages=find_packages(include=["cover_jax", "cover_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "dev": ["pytest==9.2.0"],
+        "tpu": ["jax[tpu]==0.10.2"],
+        "gpu": ["jax[cuda12]==0.10.2"],
+    },
+)
