@@ -43,9 +43,9 @@ def format_table(results: Mapping[str, Mapping[str, float]], num_classes: Mappin
   lines = [header, "-" * len(header)]
   for name in sorted(results):
     r = results[name]
-    train = train_top1.get(name, float("nan"))
+    train = f"{train_top1[name]:.1%}" if name in train_top1 else "-"
     lines.append(f"{name:<12} {num_classes[name]:>7} {1 / num_classes[name]:>7.1%} "
-                 f"{train:>10.1%} {r['top1']:>9.1%} {r['top5']:>9.1%} {r['num_examples']:>11}")
+                 f"{train:>10} {r['top1']:>9.1%} {r['top5']:>9.1%} {r['num_examples']:>11}")
   lines.append("(test: 1 centre clip x 1 centre crop per video; train: mean over the last "
                "logging window)")
   return "\n".join(lines)

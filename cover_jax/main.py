@@ -24,8 +24,18 @@ _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries:
+  """Drops INFO chatter of Orbax/TFDS (a few hundred lines per checkpoint)."""
+
+  NOISY = ("/orbax/", "/tensorflow_datasets/", "/clu/")
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or not any(p in record.pathname for p in self.NOISY)
+
+
 def main(argv):
   del argv
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after absl parsed flags, so JAX flags/env are settled
 
   from cover_jax import config_validation, trainer

@@ -91,7 +91,7 @@ def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *,
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss": loss, "batch_loss": losses, "batch_top1": top1s,
-             "grad_norm": optax.global_norm(grads),
+             "grad_norm": optax.tree.norm(grads),
              "learning_rate": learning_rate_fn(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

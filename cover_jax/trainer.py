@@ -51,11 +51,22 @@ class _Run:
   eval_datasets: dict = dataclasses.field(default_factory=dict)  # built on first use
 
 
-def train_and_evaluate(config, workdir: str) -> dict[str, dict[str, float]]:
+@dataclasses.dataclass
+class Outcome:
+  """What a training run ends with."""
+  results: dict[str, dict[str, float]]  # dataset -> test top1/top5/loss/num_examples
+  train_top1: dict[str, float]          # dataset -> train top-1 of the last logging window
+  train_step_compilations: int          # one per distinct input shape
+
+
+def train_and_evaluate(config, workdir: str) -> Outcome:
   """Trains per `config`, evaluates every dataset, returns the final results."""
   run = _setup(config, workdir)
   try:
     train_top1 = _train_loop(run)
+    # jit's own cache size (JAX-internal API): one entry per compiled signature.
+    compilations = run.step_fn._cache_size()  # pylint: disable=protected-access
+    logging.info("train step compiled %d time(s)", compilations)
     results = _evaluate_all(run, run.state, step=config.total_steps)
     table = evaluate.format_table(results, {n: s.config.num_classes for n, s in run.specs.items()},
                                   train_top1)
@@ -63,7 +74,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, dict[str, float]]:
       print("\nFinal accuracy after %d steps:\n%s" % (config.total_steps, table), flush=True)
       with open(os.path.join(workdir, "results.txt"), "w") as f:
         f.write(table + "\n")
-    return results
+    return Outcome(results, train_top1, compilations)
   finally:
     run.ckpt.close()
     run.writer.close()

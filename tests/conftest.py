@@ -15,3 +15,24 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Tests never touch a GPU or the network, even where one is present.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+  """A data_dir with the tiny embedded datasets, built once per test session."""
+  from cover_jax.data import pipeline
+  from tests.helpers import load_config
+
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  pipeline.prepare_datasets(load_config(arg="tiny=true", data_dir=data_dir))
+  return data_dir
+
+
+@pytest.fixture
+def tiny_config(tiny_data_dir):
+  """The demo config's seconds-long variant (unlocked), on the tiny datasets."""
+  from tests.helpers import load_config
+
+  return load_config(arg="tiny=true", data_dir=tiny_data_dir)

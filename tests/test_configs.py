@@ -1,0 +1,97 @@
+"""Every config parses, and bad configs fail early with errors that teach."""
+
+import pathlib
+
+import pytest
+
+from cover_jax import config_args
+from cover_jax.config_validation import ConfigError, validate_config
+from tests.helpers import REPO, load_config
+
+CONFIG_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES)
+@pytest.mark.parametrize("arg", [None, "tiny=true"])
+def test_every_config_parses_and_validates(path, arg):
+  config = load_config(path, arg)
+  assert config.is_locked
+  validate_config(config, num_devices=1)
+
+
+@pytest.mark.parametrize("subset", ["motion", "appearance+motion", "appearance+motion+images"])
+def test_demo_subsets_select_datasets(subset):
+  config = load_config(arg=f"datasets={subset}")
+  assert sorted(config.datasets) == sorted(subset.split("+"))
+
+
+def test_locked_config_rejects_typos():
+  config = load_config()
+  with pytest.raises(AttributeError, match="datset"):
+    config.datset = 1
+
+
+def test_unknown_demo_dataset_names_the_choices():
+  with pytest.raises(ValueError, match=r"unknown dataset.*kinetics.*appearance.*images.*motion"):
+    load_config(arg="datasets=kinetics+motion")
+
+
+def test_parse_arg_types_and_unknown_keys():
+  arg = config_args.parse_arg("steps=7,tiny=true,datasets=motion", steps=1, tiny=False, datasets="")
+  assert (arg.steps, arg.tiny, arg.datasets) == (7, True, "motion")
+  with pytest.raises(ValueError, match="Did you mean 'steps'"):
+    config_args.parse_arg("stpes=3", steps=1)
+  with pytest.raises(ValueError, match="expected a int"):
+    config_args.parse_arg("steps=many", steps=1)
+
+
+def _error(num_devices=1, process_count=1, **overrides) -> str:
+  config = load_config(**overrides)
+  with pytest.raises(ConfigError) as e:
+    validate_config(config, num_devices=num_devices, process_count=process_count)
+  return str(e.value)
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    ({"model.variant": "Q/16"}, ["config.model.variant = 'Q/16'", "Fix: --config.model.variant="]),
+    ({"model.variant": "B16"}, ["config.model.variant = 'B16'", "NAME/PATCH"]),
+    ({"model.attention_type": "divided"}, ["config.model.attention_type = 'divided'",
+                                            "divided_space_time"]),
+    ({"model.image_size": 30}, ["config.model.image_size = 30", "multiple of the patch size 8",
+                                 "--config.model.image_size=32"]),
+    ({"model.num_heads": 5}, ["config.model.num_heads = 5", "must divide the width 64",
+                               "--config.model.num_heads=4"]),
+    ({"datasets.motion.weight": -1.0}, ["config.datasets.*.weight", "'motion': -1.0", ">= 0"]),
+    ({"datasets.motion.weight": 0.0, "datasets.appearance.weight": 0.0,
+      "datasets.images.weight": 0.0}, ["at least one > 0"]),
+    ({"datasets.motion.source": "kinetics700"}, ["config.datasets.motion.source = 'kinetics700'",
+                                                  "synthetic_motion"]),
+    ({"datasets.motion.num_classes": 9}, ["config.datasets.motion.num_classes = 9",
+                                           "--config.datasets.motion.num_classes=8"]),
+    ({"datasets.motion.crop_size": 20}, ["config.datasets.motion.crop_size = 20",
+                                          "--config.datasets.motion.crop_size=16"]),
+    ({"datasets.motion.stride": 0}, ["config.datasets.motion.num_frames/stride = (8, 0)", ">= 1"]),
+    ({"datasets.motion.stride": 4}, ["spans 29 frames", "have 16",
+                                      "--config.datasets.motion.stride=2"]),
+    ({"datasets.images.num_frames": 8}, ["config.datasets.images.num_frames/stride = (8, 1)",
+                                          "1-frame videos"]),
+    ({"mixture": "interleave"}, ["config.mixture = 'interleave'", "sample, all"]),
+    ({"optimizer.name": "lamb"}, ["config.optimizer.name = 'lamb'", "adamw, sgd"]),
+    ({"optimizer.warmup_steps": 5000}, ["config.optimizer.warmup_steps = 5000"]),
+    ({"mesh_shape": (2, 2, 1)}, ["config.mesh_shape = (2, 2, 1)", "does not fit 1 devices"]),
+])
+def test_bad_values_name_field_value_and_fix(overrides, expected):
+  message = _error(**overrides)
+  for fragment in expected:
+    assert fragment in message, f"{fragment!r} not in:\n{message}"
+
+
+def test_batch_size_must_divide_over_devices():
+  message = _error(num_devices=8, **{"datasets.motion.batch_size": 30, "mesh_shape": (-1, 1, 1)})
+  assert "config.datasets.motion.batch_size = 30" in message
+  assert "8 device(s)" in message and "--config.datasets.motion.batch_size=32" in message
+
+
+def test_all_problems_reported_at_once():
+  message = _error(**{"model.image_size": 30, "optimizer.name": "lamb"})
+  assert "model.image_size" in message and "optimizer.name" in message
