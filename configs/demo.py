@@ -64,7 +64,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict(dict(
       variant="Mu/8", width=0, depth=0, num_heads=0, mlp_dim=0,  # 0: from variant
       image_size=32, num_frames=8, attention_type="divided_space_time",
-      dropout=0.0, attention_dropout=0.0, stochastic_depth=0.1, dtype="float32"))
+      dropout=0.0, attention_dropout=0.0, stochastic_depth=0.1, dtype="float32",
+      # Official TimeSformer: 0 (zeros); from scratch a small random init also works.
+      time_embed_init_std=0.02))
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name="adamw", learning_rate=1e-3, end_learning_rate=1e-5, warmup_steps=100,

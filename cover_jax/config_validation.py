@@ -67,6 +67,10 @@ def _check_model(model) -> list[str]:
     if not 0.0 <= model[field] < 1.0:
       out.append(_problem(f"model.{field}", model[field], "must be in [0, 1)",
                           f"--config.model.{field}=0.1"))
+  if model.get("time_embed_init_std", 0.0) < 0:
+    out.append(_problem("model.time_embed_init_std", model.time_embed_init_std,
+                        "must be >= 0 (0: zeros, as the official TimeSformer)",
+                        "--config.model.time_embed_init_std=0.02"))
   if model.dtype not in ("float32", "bfloat16", "float16"):
     out.append(_problem("model.dtype", model.dtype, "allowed: float32, bfloat16, float16",
                         "--config.model.dtype=float32"))

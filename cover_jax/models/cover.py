@@ -51,6 +51,7 @@ def build_model(model_config, num_classes: Mapping[str, int], rngs: nnx.Rngs) ->
       attention_type=model_config.attention_type, dropout=model_config.dropout,
       attention_dropout=model_config.attention_dropout,
       stochastic_depth=model_config.stochastic_depth,
+      time_embed_init_std=model_config.get("time_embed_init_std", 0.0),
       dtype=jnp.dtype(model_config.dtype), rngs=rngs)
   return CoVeR(backbone, num_classes, rngs=rngs)
 

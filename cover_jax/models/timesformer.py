@@ -27,6 +27,10 @@ Differences from the reference that do not change inference: stochastic depth
 drops a whole clip's residual (the reference drops per patch position in the
 temporal branch and per frame in the spatial one), and embedding dropout is
 applied once after both position and time embeddings.
+
+One difference that does: for a non-square input whose grid differs from the
+configured one, the position embedding is resized per grid axis; the reference
+resizes only when the token count differs (treating the grid as square).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ VARIANT_DIMS = {
     "L": (1024, 24, 16, 4096),
     "H": (1280, 32, 16, 5120),
 }
-_VARIANT_RE = re.compile(r"^(?P<name>[A-Za-z]+)/(?P<patch>\d+)$")
+_VARIANT_RE = re.compile(r"^(?P<name>[A-Za-z]+)/(?P<patch>[1-9]\d*)$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +239,7 @@ class TimeSformer(nnx.Module):
   def __init__(self, dims: TimeSformerDims, *, image_size: int, num_frames: int,
                attention_type: str = "divided_space_time", dropout: float = 0.0,
                attention_dropout: float = 0.0, stochastic_depth: float = 0.0,
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               time_embed_init_std: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
     if attention_type not in ATTENTION_TYPES:
       raise ValueError(f"attention_type {attention_type!r} not in {ATTENTION_TYPES}")
     if image_size % dims.patch_size:
@@ -244,13 +248,18 @@ class TimeSformer(nnx.Module):
     self.dims, self.attention_type, self.dtype = dims, attention_type, dtype
     self.grid = image_size // p
     self.patch_kernel = _param(nnx.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
-                               (p, p, 3, d), ("patch", "patch", None, "embed"), rngs)
+                               (p, p, 3, d), (None, None, None, "embed"), rngs)
     self.patch_bias = _param(nnx.initializers.zeros_init(), (d,), ("embed",), rngs)
     trunc = nnx.initializers.truncated_normal(stddev=0.02)
     self.cls_token = _param(trunc, (d,), ("embed",), rngs)
     self.pos_embed = _param(trunc, (1 + self.grid ** 2, d), ("length", "embed"), rngs)
     if attention_type != "space_only":
-      self.time_embed = _param(nnx.initializers.zeros_init(), (num_frames, d), ("time", "embed"), rngs)
+      # Zero by default, as the official code: the model starts blind to frame
+      # order and learns it. A small random init (time_embed_init_std > 0) is an
+      # option for from-scratch runs.
+      time_init = (nnx.initializers.truncated_normal(stddev=time_embed_init_std)
+                   if time_embed_init_std > 0 else nnx.initializers.zeros_init())
+      self.time_embed = _param(time_init, (num_frames, d), ("time", "embed"), rngs)
     self.dropout = nnx.Dropout(dropout)
     rates = np.linspace(0.0, stochastic_depth, dims.depth)  # rising linearly over layers
     self.blocks = nnx.List([
