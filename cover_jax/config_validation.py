@@ -130,11 +130,13 @@ def _check_datasets(config, num_devices: int, process_count: int) -> list[str]:
   weights = {name: ds.weight for name, ds in config.datasets.items()}
   for name, ds in config.datasets.items():
     out += _check_dataset(f"datasets.{name}", ds, builders, config.model, num_devices, process_count)
-  if any(w < 0 for w in weights.values()) or not any(w > 0 for w in weights.values()):
-    out.append(_problem("datasets.*.weight", weights,
-                        "weights must be >= 0 and at least one > 0",
-                        "give each dataset a non-negative weight, e.g. --config.datasets."
-                        f"{next(iter(weights))}.weight=1.0"))
+  for name, weight in weights.items():
+    if weight < 0:
+      out.append(_problem(f"datasets.{name}.weight", weight, "sampling weights must be >= 0",
+                          f"--config.datasets.{name}.weight=1.0"))
+  if all(w <= 0 for w in weights.values()):
+    out.append(_problem("datasets.*.weight", weights, "at least one weight must be > 0",
+                        f"--config.datasets.{next(iter(weights))}.weight=1.0"))
   return out
 
 

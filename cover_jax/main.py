@@ -53,6 +53,9 @@ def main(argv):
       trainer.evaluate_checkpoint(config, _WORKDIR.value)
     else:
       trainer.train_and_evaluate(config, _WORKDIR.value)
+  except trainer.NoCheckpointError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
   except trainer.NonFiniteLossError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)

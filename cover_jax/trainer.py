@@ -33,6 +33,10 @@ class NonFiniteLossError(RuntimeError):
   """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
 
 
+class NoCheckpointError(FileNotFoundError):
+  """Evaluation was asked for, but the workdir holds no checkpoint that restores."""
+
+
 @dataclasses.dataclass
 class _Run:
   """Everything the loop needs, built once by `_setup`."""
@@ -97,6 +101,8 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, dict[str, float]]:
 def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
   os.makedirs(workdir, exist_ok=True)
   mesh = sharding.make_mesh(config.mesh_shape)
+  logging.info("process %d of %d, %d device(s), mesh %s", jax.process_index(),
+               jax.process_count(), jax.device_count(), dict(mesh.shape))
   specs = pipeline.prepare_datasets(config)
   names = tuple(sorted(specs))
   heads = HeadSettings(names, tuple(float(specs[n].config.label_smoothing) for n in names))
@@ -111,7 +117,7 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
     start_step, state, _ = restored
     logging.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)
   elif require_checkpoint:
-    raise FileNotFoundError(f"no checkpoint that restores in {ckpt.directory}: train first "
+    raise NoCheckpointError(f"no checkpoint that restores in {ckpt.directory}: train first "
                             "(--mode=train) or point --workdir at a training run.")
   else:
     start_step = 0

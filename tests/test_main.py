@@ -1,0 +1,155 @@
+"""The main job end to end: train, evaluate, checkpoint, resume, and fail safely.
+
+The command-line tests run `python -m cover_jax.main` in a subprocess, as a
+user would; the resume test calls the trainer in-process to compare states.
+"""
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from cover_jax import mixture, trainer
+from tests.helpers import REPO, load_config
+
+# With this seed the 'sample' mixture draws every tiny dataset within 6 steps
+# (checked by `test_seed_samples_every_dataset_early`).
+SEED = 2
+
+
+def _main(workdir, data_dir, *flags, mode="train", env=None):
+  cmd = [sys.executable, "-m", "cover_jax.main", "--config=configs/demo.py:tiny=true",
+         f"--workdir={workdir}", f"--config.data_dir={data_dir}", f"--config.seed={SEED}",
+         f"--mode={mode}", *flags]
+  return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                        env={**os.environ, **(env or {})})
+
+
+def _checkpoint_steps(workdir) -> list[int]:
+  path = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())
+
+
+def _records(workdir) -> list[dict]:
+  with open(pathlib.Path(workdir) / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def test_seed_samples_every_dataset_early(tiny_config):
+  weights = {name: ds.weight for name, ds in tiny_config.datasets.items()}
+  mix = mixture.DatasetMixture(weights, "sample", SEED)
+  assert {mix.datasets_at(step)[0] for step in range(6)} == set(weights)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+  """One finished 6-step tiny run of the main job (shared by several tests)."""
+  workdir = tmp_path_factory.mktemp("run")
+  result = _main(workdir, tiny_data_dir)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result
+
+
+def test_main_prints_a_per_dataset_accuracy_table(trained):
+  workdir, result = trained
+  assert "Final accuracy after 6 steps" in result.stdout
+  rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()
+          if line.split() and line.split()[0] in ("appearance", "motion", "images")}
+  assert set(rows) == {"appearance", "motion", "images"}
+  assert rows["motion"][1:3] == ["8", "12.5%"] and rows["images"][1] == "36"
+  assert (workdir / "results.txt").read_text().strip() in result.stdout
+
+
+def test_main_writes_per_dataset_metrics_and_keeps_n_checkpoints(trained):
+  workdir, _ = trained
+  records = _records(workdir)
+  keys = set().union(*records)
+  for name in ("appearance", "motion", "images"):
+    assert {f"train/{name}/loss", f"train/{name}/top1", f"eval/{name}/top1",
+            f"eval/{name}/top5"} <= keys
+  assert {"train/learning_rate", "train/grad_norm", "steps_per_sec"} <= keys
+  final_eval = [r for r in records if "eval/motion/top1" in r][-1]
+  assert final_eval["step"] == 6
+  assert _checkpoint_steps(workdir) == [3, 6]  # every 3 steps, keep 2
+  assert list((workdir / "tensorboard").iterdir())
+
+
+def test_main_eval_mode_evaluates_the_latest_checkpoint(trained, tiny_data_dir):
+  workdir, train_result = trained
+  result = _main(workdir, tiny_data_dir, mode="eval")
+  assert result.returncode == 0, result.stderr[-3000:]
+  final = train_result.stdout.split("Final accuracy after 6 steps:")[1]
+  motion_row = next(line for line in final.splitlines() if line.startswith("motion"))
+  # Same test accuracy as at the end of training (the train column is empty).
+  assert motion_row.split()[4] in result.stdout
+
+
+def test_main_rerun_resumes_and_extends(trained, tiny_data_dir, tmp_path):
+  workdir = tmp_path / "extended"
+  shutil.copytree(trained[0], workdir)
+  result = _main(workdir, tiny_data_dir, "--config.total_steps=9")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "resuming from checkpoint step 6" in result.stderr
+  assert "step 3/9" not in result.stdout and "step 9/9" in result.stdout
+  assert _checkpoint_steps(workdir) == [6, 9]
+
+
+def test_invalid_config_exits_before_building_anything(tmp_path):
+  result = _main(tmp_path / "w", tmp_path / "data", "--config.model.variant=Q/16",
+                 "--config.datasets.motion.weight=-1")
+  assert result.returncode == 2
+  assert "model.variant" in result.stderr and "'Q/16'" in result.stderr
+  assert "datasets.motion.weight" in result.stderr
+  assert not (tmp_path / "data").exists() and not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_eval_mode_without_a_checkpoint_says_so(tmp_path, tiny_data_dir):
+  result = _main(tmp_path / "empty", tiny_data_dir, mode="eval")
+  assert result.returncode == 1
+  assert "no checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, tiny_data_dir,
+                                                                 tmp_path):
+  workdir = tmp_path / "diverging"
+  shutil.copytree(trained[0], workdir)
+  # Resume from step 6 with an absurd learning rate: the weights blow up.
+  result = _main(workdir, tiny_data_dir, "--config.total_steps=12",
+                 "--config.optimizer.learning_rate=1e35", "--config.optimizer.warmup_steps=0")
+  assert result.returncode == 3, result.stderr[-3000:]
+  assert "non-finite" in result.stderr and "at step" in result.stderr
+  assert "Traceback" not in result.stderr
+  assert _checkpoint_steps(workdir) == [3, 6]  # nothing from the diverged steps
+  again = _main(workdir, tiny_data_dir, mode="eval")
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "resuming from checkpoint step 6" in again.stderr
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path):
+  config = load_config(arg="tiny=true", data_dir=tiny_data_dir, total_steps=9, seed=SEED)
+  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  # One checkpoint per 3 steps: an interruption after step 6 loses step 9's.
+  interrupted = tmp_path / "interrupted"
+  shutil.copytree(tmp_path / "straight", interrupted)
+  shutil.rmtree(interrupted / "checkpoints" / "9")
+  resumed = trainer.train_and_evaluate(config, str(interrupted))
+  for name, result in straight.results.items():
+    np.testing.assert_allclose(resumed.results[name]["loss"], result["loss"], rtol=1e-6)
+  # Three datasets, two input shapes (4-frame videos, 1-frame images).
+  assert straight.train_step_compilations == 2
+  assert resumed.train_step_compilations <= 2
+
+
+def test_runs_on_eight_devices_with_data_parallel_mesh(tiny_data_dir, tmp_path):
+  # Fake CPU devices must be requested before JAX starts: a fresh process.
+  result = _main(tmp_path / "w8", tiny_data_dir, "--config.mesh_shape=(-1,1,1)",
+                 env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "8 device(s)" in result.stderr
+  assert "Final accuracy after 6 steps" in result.stdout
