@@ -67,10 +67,10 @@ def _check_model(model) -> list[str]:
     if not 0.0 <= model[field] < 1.0:
       out.append(_problem(f"model.{field}", model[field], "must be in [0, 1)",
                           f"--config.model.{field}=0.1"))
-  if model.get("time_embed_init_std", 0.0) < 0:
-    out.append(_problem("model.time_embed_init_std", model.time_embed_init_std,
-                        "must be >= 0 (0: zeros, as the official TimeSformer)",
-                        "--config.model.time_embed_init_std=0.02"))
+  for field in ("time_embed_init_std", "head_init_std"):
+    if model.get(field, 0.0) < 0:
+      out.append(_problem(f"model.{field}", model[field], "must be >= 0 (0: zeros)",
+                          f"--config.model.{field}=0.02"))
   if model.dtype not in ("float32", "bfloat16", "float16"):
     out.append(_problem("model.dtype", model.dtype, "allowed: float32, bfloat16, float16",
                         "--config.model.dtype=float32"))
@@ -185,7 +185,9 @@ def _check_frames(field, ds, is_video: bool) -> list[str]:
     return []
   if ds.num_frames < 1 or ds.stride < 1:
     return [_problem(f"{field}.num_frames/stride", (ds.num_frames, ds.stride),
-                     "both must be >= 1", f"--config.{field}.num_frames=8 --config.{field}.stride=2")]
+                     "both must be >= 1",
+                     f"--config.{field}.num_frames={max(ds.num_frames, 1)} "
+                     f"--config.{field}.stride={max(ds.stride, 1)}")]
   span = (ds.num_frames - 1) * ds.stride + 1
   if "synthetic" in ds and span > ds.synthetic.num_frames:
     # Looping is for real videos shorter than a clip; synthetic motion would

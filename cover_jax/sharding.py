@@ -3,8 +3,7 @@
 Model code names the axes of every parameter and of activations at block
 boundaries with *logical* names (``batch``, ``embed``, ``heads``, ...). Only
 this module knows how those names land on the physical mesh, so changing the
-parallelism strategy is a change of this table (or of ``config.sharding_rules``),
-never of model code.
+parallelism strategy is a change of this table, never of model code.
 """
 
 from __future__ import annotations

@@ -245,6 +245,18 @@ def test_temporal_fc_and_time_embed_are_zero_at_init():
     assert np.all(np.asarray(head["kernel"]) == 0) and np.all(np.asarray(head["bias"]) == 0)
 
 
+def test_from_scratch_init_options_randomise_heads_and_time_embed():
+  model = build("divided_space_time", head_init_std=0.02, time_embed_init_std=0.02)
+  p = pure_params(model)
+  for head in p["heads"].values():
+    kernel = np.asarray(head["kernel"])
+    assert 0.01 < kernel.std() < 0.03 and np.abs(kernel).max() <= 2 * 0.02 + 1e-6  # truncated
+    assert np.all(np.asarray(head["bias"]) == 0)
+  assert 0.01 < np.asarray(p["backbone"]["time_embed"]).std() < 0.03
+  # temporal_fc stays zero: the temporal branch still starts as a no-op.
+  assert np.all(np.asarray(p["backbone"]["blocks"][0]["temporal_fc"]["kernel"]) == 0)
+
+
 def test_layer_norms_use_eps_1e_6():
   model = build("divided_space_time")
   norms = [m for _, m in nnx.iter_graph(model) if isinstance(m, nnx.LayerNorm)]

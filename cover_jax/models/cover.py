@@ -14,19 +14,24 @@ from cover_jax.models import timesformer
 class CoVeR(nnx.Module):
   """TimeSformer backbone + ``heads[dataset_name]`` linear classifiers.
 
-  Heads are zero-initialised (as big_vision does for classifiers trained from
-  scratch): every dataset starts from uniform predictions, so no head dominates
-  the shared backbone's early gradients.
+  `head_init_std` = 0 zero-initialises the heads (big_vision/scenic fine-tuning
+  convention: every dataset starts from uniform predictions). The official
+  TimeSformer uses a truncated normal, std 0.02; training from scratch needs a
+  non-zero head: with a zero head the backbone gets no gradient until the head
+  has learned from the *initial* features, and at init (zero temporal_fc) those
+  are blind to frame order, so a motion-only dataset never leaves chance.
   """
 
   def __init__(self, backbone: timesformer.TimeSformer, num_classes: Mapping[str, int], *,
-               rngs: nnx.Rngs):
+               head_init_std: float = 0.0, rngs: nnx.Rngs):
     width = backbone.dims.width
     self.backbone = backbone
+    kernel_init = (nnx.initializers.truncated_normal(stddev=head_init_std) if head_init_std > 0
+                   else nnx.initializers.zeros_init())
     self.heads = nnx.Dict({
         name: nnx.Linear(
             width, classes, rngs=rngs,
-            kernel_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed", "classes"),
+            kernel_init=nnx.with_partitioning(kernel_init, ("embed", "classes"),
                                               eager_sharding=False),
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",),
                                             eager_sharding=False))
@@ -53,7 +58,8 @@ def build_model(model_config, num_classes: Mapping[str, int], rngs: nnx.Rngs) ->
       stochastic_depth=model_config.stochastic_depth,
       time_embed_init_std=model_config.get("time_embed_init_std", 0.0),
       dtype=jnp.dtype(model_config.dtype), rngs=rngs)
-  return CoVeR(backbone, num_classes, rngs=rngs)
+  return CoVeR(backbone, num_classes, head_init_std=model_config.get("head_init_std", 0.0),
+               rngs=rngs)
 
 
 def model_dims(model_config) -> timesformer.TimeSformerDims:
