@@ -5,13 +5,16 @@ arrays, restored bit-exactly onto the current mesh's shardings) and `meta`
 (JSON: the config and the run's bookkeeping). A damaged latest checkpoint
 still shows up in `all_steps()` and only fails when restored, so restoring
 tries steps newest-first, each with a *fresh* CheckpointManager (a manager that
-failed once can fail on a good step too, see PITFALLS). Nothing is deleted.
+failed once can fail on a good step too, see PITFALLS). Nothing is deleted:
+a training run moves damaged steps aside (to `damaged-<step>-<time>`, which
+Orbax ignores), so that it can save that step again when it gets there.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 
 import orbax.checkpoint as ocp
 
@@ -43,25 +46,43 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def restore_latest(self, abstract_state) -> tuple[int, object, dict] | None:
+  def restore_latest(self, abstract_state, *, set_aside_damaged: bool = False
+                     ) -> tuple[int, object, dict] | None:
     """(step, state, meta) of the newest checkpoint that restores, else None.
 
     Args:
       abstract_state: the state's pytree of jax.ShapeDtypeStruct with
         shardings; restored arrays are placed accordingly.
+      set_aside_damaged: rename the steps that failed to restore (newer than
+        the one returned) out of Orbax's view. Only for the process that
+        writes checkpoints, and only when training will continue.
     """
     self._manager.wait_until_finished()
+    damaged, found = [], None
     for step in sorted(self._manager.all_steps(), reverse=True):
       manager = self._new_manager()
       try:
         restored = manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        return step, restored["state"], dict(restored["meta"] or {})
+        found = step, restored["state"], dict(restored["meta"] or {})
+        break
       except Exception as e:  # pylint: disable=broad-except
         # Any damage (truncated files, missing metadata, garbage manifest)
         # surfaces as some exception from deep inside Orbax/TensorStore.
         logging.warning("checkpoint step %d in %s does not restore (%s: %s); "
                         "trying an older one", step, self.directory, type(e).__name__, e)
+        damaged.append(step)
       finally:
         manager.close()
-    return None
+    if damaged and set_aside_damaged:
+      self._set_aside(damaged)
+    return found
+
+  def _set_aside(self, steps) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for step in steps:
+      target = os.path.join(self.directory, f"damaged-{step}-{stamp}")
+      os.rename(os.path.join(self.directory, str(step)), target)
+      logging.warning("moved damaged checkpoint step %d to %s", step, target)
+    self._manager.close()
+    self._manager = self._new_manager()  # forget the renamed steps

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import jax
-import numpy as np
 
 
 def evaluate_dataset(eval_fn: Callable, params, batches, dataset_index: int,
@@ -50,6 +49,3 @@ def format_table(results: Mapping[str, Mapping[str, float]], num_classes: Mappin
                "logging window)")
   return "\n".join(lines)
 
-
-def is_finite(value) -> bool:
-  return bool(np.all(np.isfinite(value)))

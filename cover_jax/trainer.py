@@ -112,7 +112,8 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
       config.model, num_classes, tx, mesh)
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                  max_to_keep=config.keep_checkpoints)
-  restored = ckpt.restore_latest(abstract)
+  restored = ckpt.restore_latest(
+      abstract, set_aside_damaged=not require_checkpoint and jax.process_index() == 0)
   if restored is not None:
     start_step, state, _ = restored
     logging.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)

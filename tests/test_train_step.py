@@ -16,7 +16,8 @@ CLASSES = {"appearance": 12, "images": 36, "motion": 8}
 
 @pytest.fixture(scope="module")
 def setup():
-  config = load_config(arg="tiny=true")
+  # Zero heads: predictions start uniform, so initial losses are exactly log(classes).
+  config = load_config(arg="tiny=true", **{"model.head_init_std": 0.0})
   mesh = sharding.make_mesh(config.mesh_shape)
   tx = optim.build_optimizer(config.optimizer, config.total_steps)
   graphdef, abstract, shardings = train_state.abstract_train_state(config.model, CLASSES, tx, mesh)
@@ -194,6 +195,25 @@ def test_damaged_latest_checkpoint_falls_back(setup, tmp_path, damage):
   step, _, meta = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract)
   assert step == 1 and meta["step"] == 1
   assert (tmp_path / "2").exists()  # nothing deleted
+
+
+def test_training_past_a_damaged_step_can_save_it_again(setup, tmp_path):
+  *_, abstract, _, init = setup
+  state = init()
+  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3)
+  ckpt.save(1, state, {"step": 1})
+  ckpt.save(2, state, {"step": 2})
+  ckpt.close()
+  (tmp_path / "2" / "state" / "manifest.ocdbt").write_bytes(b"garbage")
+  resumed = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3)
+  step, state, _ = resumed.restore_latest(abstract, set_aside_damaged=True)
+  assert step == 1
+  kept = [p.name for p in tmp_path.iterdir() if p.name.startswith("damaged-2-")]
+  assert len(kept) == 1 and (tmp_path / kept[0] / "state").exists()  # moved, not deleted
+  resumed.save(2, state, {"step": 2})
+  resumed.close()
+  step, _, meta = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract)
+  assert step == 2 and meta == {"step": 2}
 
 
 def test_no_checkpoint_restores_to_none(setup, tmp_path):

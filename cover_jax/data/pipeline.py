@@ -18,7 +18,6 @@ import dataclasses
 import os
 import zlib
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
@@ -191,11 +190,3 @@ def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
   options.experimental_optimization.map_parallelization = True
   return ds.with_options(options)
 
-
-def as_numpy_iterator(ds: tf.data.Dataset):
-  """Iterates a tf.data pipeline as dicts of numpy arrays."""
-  return ds.as_numpy_iterator()
-
-
-def to_host_batch(batch: dict) -> dict:
-  return {k: np.asarray(v) for k, v in batch.items()}
