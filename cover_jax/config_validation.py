@@ -32,7 +32,7 @@ def validate_config(config, *, num_devices: int, process_count: int = 1) -> None
 
 
 def _problem(field: str, value, why: str, fix: str) -> str:
-  return f"config.{field} = {value!r}: {why}. Fix: {fix}"
+  return f"config.{field} = {value!r}: {why.rstrip('.')}. Fix: {fix}"
 
 
 def _check_model(model) -> list[str]:
