@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import jax
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -46,19 +47,25 @@ _EIGHT_DEVICE_STEP = textwrap.dedent("""
                for k, v in host_batch.items()}
       batch["dataset_index"] = jax.device_put(np.int32(names.index("motion")),
                                               sharding.replicated(mesh))
+      init = nnx.to_pure_dict(jax.device_get(state.params))
+      losses, grad_norms = [], []
       with jax.set_mesh(mesh):
         for _ in range(3):  # step 0 has lr 0 (warm-up); later steps move the weights
           state, metrics = step(state, (batch,), jax.random.key(1))
+          losses.append(float(metrics["loss"]))
+          grad_norms.append(float(metrics["grad_norm"]))
       shard_rows = sorted({s.data.shape[0] for s in batch["video"].addressable_shards})
-      return nnx.to_pure_dict(jax.device_get(state.params)), float(metrics["loss"]), shard_rows
+      params = nnx.to_pure_dict(jax.device_get(state.params))
+      moved = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
+                                               params, init)))
+      return params, losses, grad_norms, shard_rows, moved
 
-    params8, loss8, rows8 = one_step(jax.devices())
-    params1, loss1, rows1 = one_step(jax.devices()[:1])
+    params8, losses8, norms8, rows8, moved8 = one_step(jax.devices())
+    params1, losses1, norms1, rows1, _ = one_step(jax.devices()[:1])
     diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
                                          params8, params1))
-    moved = float(np.max(np.abs(params8["heads"]["motion"]["kernel"])))
-    print(json.dumps(dict(loss8=loss8, loss1=loss1, rows8=rows8, rows1=rows1,
-                          max_diff=max(diffs), head_moved=moved)))
+    print(json.dumps(dict(losses8=losses8, losses1=losses1, norms8=norms8, norms1=norms1,
+                          rows8=rows8, rows1=rows1, max_diff=max(diffs), moved=moved8)))
 """)
 
 
@@ -69,9 +76,12 @@ def test_data_parallel_step_on_8_devices_matches_one_device():
   assert result.returncode == 0, result.stderr[-3000:]
   out = json.loads(result.stdout.strip().splitlines()[-1])
   assert out["rows8"] == [1] and out["rows1"] == [8]  # the batch really is split 8 ways
-  assert out["head_moved"] > 0
-  assert abs(out["loss8"] - out["loss1"]) < 1e-5
-  assert out["max_diff"] < 1e-5
+  np.testing.assert_allclose(out["losses8"], out["losses1"], rtol=1e-5)
+  np.testing.assert_allclose(out["norms8"], out["norms1"], rtol=1e-4)
+  # Summation order differs across devices, and Adam's g/sqrt(v) magnifies
+  # float noise in near-zero gradients: compare against the size of the update.
+  assert out["moved"] > 1e-4
+  assert out["max_diff"] < 0.1 * out["moved"]
 
 
 def test_logical_rules_map_batch_to_data_axes():
