@@ -146,6 +146,16 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path):
   assert resumed.train_step_compilations <= 2
 
 
+def test_all_mixture_trains_every_dataset_every_step(tiny_data_dir, tmp_path):
+  config = load_config(arg="tiny=true,mixture=all", data_dir=tiny_data_dir, total_steps=3,
+                       log_every=3)
+  outcome = trainer.train_and_evaluate(config, str(tmp_path))
+  assert set(outcome.train_top1) == {"appearance", "motion", "images"}
+  assert outcome.train_step_compilations == 1  # one step signature: a batch of each dataset
+  records = [r for r in _records(tmp_path) if "train/images/loss" in r]
+  assert [r["step"] for r in records] == [3]
+
+
 def test_runs_on_eight_devices_with_data_parallel_mesh(tiny_data_dir, tmp_path):
   # Fake CPU devices must be requested before JAX starts: a fresh process.
   result = _main(tmp_path / "w8", tiny_data_dir, "--config.mesh_shape=(-1,1,1)",
