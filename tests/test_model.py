@@ -552,3 +552,20 @@ def test_every_parameter_has_a_logical_sharding_annotation(attention_type):
   assert named["['backbone']['blocks'][0]['attn']['qkv_kernel']"] == jax.sharding.PartitionSpec(
       "embed", "qkv", "heads", "head_dim")
   assert named["['heads']['b']['kernel']"] == jax.sharding.PartitionSpec("embed", "classes")
+
+
+# --- Mixed precision -------------------------------------------------------------
+
+
+def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
+  video = jnp.asarray(np.random.default_rng(3).normal(size=(2, 4, 32, 32, 3)), jnp.float32)
+  full = randomize(build("divided_space_time"), seed=5)
+  half = build("divided_space_time", dtype="bfloat16")
+  nnx.update(half, nnx.state(full, nnx.Param))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(nnx.state(half, nnx.Param)))
+  logits_full, logits_half = full(video, "b"), half(video, "b")
+  assert logits_half.dtype == jnp.float32
+  scale = float(jnp.abs(logits_full).max())
+  assert scale > 0.1
+  np.testing.assert_allclose(logits_half, logits_full, atol=0.05 * scale)
+  assert not np.array_equal(np.asarray(logits_half), np.asarray(logits_full))  # really bf16
