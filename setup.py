@@ -15,6 +15,10 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",  # clu's metric writers need it; TF no longer pulls it in
     "einops==0.8.2",
     "absl-py==2.5.1",
+    "av==18.1.0",  # PyAV: video decoding for data preparation and predict
+    "tqdm==4.70.1",  # progress bars of the data preparation tool
+    "safetensors==0.8.0",  # HuggingFace checkpoints, read without pickle
+    "importlib-resources==7.1.0",  # TFDS's registered datasets (imagenet2012) import it
 ]
 
 setup(
@@ -28,5 +32,11 @@ setup(
         "dev": ["pytest==9.2.0"],
         "tpu": ["jax[tpu]==0.10.2"],
         "gpu": ["jax[cuda12]==0.10.2"],
+        # Reading PyTorch checkpoints (.pyth, pytorch_model.bin) with
+        # torch.load(weights_only=True); never needed for .npz / safetensors.
+        "torch": ["torch==2.13.0"],
+        # The PyTorch reference of benchmarks/train_step.py --compare-torch. An
+        # exact torch version: a range lets pip pull a multi-GB CUDA build.
+        "bench": ["torch==2.13.0", "transformers==5.23.0"],
     },
 )

@@ -29,8 +29,11 @@ class Checkpointer:
     self._manager = self._new_manager()
 
   def _new_manager(self) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(self.directory, options=self._options,
-                                 item_names=("state", "meta"))
+    # Handlers named up front, so a step's metadata can be read before restoring it.
+    return ocp.CheckpointManager(
+        self.directory, options=self._options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "meta": ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state, meta: dict) -> None:
     self._manager.save(step, args=ocp.args.Composite(
@@ -46,7 +49,7 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def restore_latest(self, abstract_state, *, set_aside_damaged: bool = False
+  def restore_latest(self, abstract_state, *, set_aside_damaged: bool = False, check=None
                      ) -> tuple[int, object, dict] | None:
     """(step, state, meta) of the newest checkpoint that restores, else None.
 
@@ -56,27 +59,49 @@ class Checkpointer:
       set_aside_damaged: rename the steps that failed to restore (newer than
         the one returned) out of Orbax's view. Only for the process that
         writes checkpoints, and only when training will continue.
+      check: optional `check(step, meta, saved_tree_metadata)`, called before a
+        step's arrays are restored; what it raises propagates (a config that
+        does not fit is not damage: nothing is set aside).
     """
     self._manager.wait_until_finished()
     damaged, found = [], None
     for step in sorted(self._manager.all_steps(), reverse=True):
-      manager = self._new_manager()
-      try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-        found = step, restored["state"], dict(restored["meta"] or {})
+      found = self._try_restore(step, abstract_state, check)
+      if found is not None:
         break
-      except Exception as e:  # pylint: disable=broad-except
-        # Any damage (truncated files, missing metadata, garbage manifest)
-        # surfaces as some exception from deep inside Orbax/TensorStore.
-        logging.warning("checkpoint step %d in %s does not restore (%s: %s); "
-                        "trying an older one", step, self.directory, type(e).__name__, e)
-        damaged.append(step)
-      finally:
-        manager.close()
+      damaged.append(step)
     if damaged and set_aside_damaged:
       self._set_aside(damaged)
     return found
+
+  def _try_restore(self, step: int, abstract_state, check) -> tuple[int, object, dict] | None:
+    manager = self._new_manager()  # a fresh one per attempt (see the module docstring)
+    try:
+      try:
+        meta = dict(manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore()))["meta"] or {})
+        saved_tree = manager.item_metadata(step)["state"]
+        if saved_tree is None:
+          raise ValueError("no metadata for the saved state")
+      except Exception as e:  # pylint: disable=broad-except
+        return self._damaged(step, e)
+      if check is not None:
+        check(step, meta, saved_tree)
+      try:
+        restored = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state)))
+      except Exception as e:  # pylint: disable=broad-except
+        return self._damaged(step, e)
+      return step, restored["state"], meta
+    finally:
+      manager.close()
+
+  def _damaged(self, step: int, error: Exception) -> None:
+    # Any damage (truncated files, missing metadata, garbage manifest) surfaces
+    # as some exception from deep inside Orbax/TensorStore.
+    logging.warning("checkpoint step %d in %s does not restore (%s: %s); trying an older one",
+                    step, self.directory, type(error).__name__, error)
+    return None
 
   def _set_aside(self, steps) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 
 from cover_jax import sharding
-from cover_jax.models import timesformer
+from cover_jax.models import block_stack, timesformer
 
 MIXTURES = ("sample", "all")
 OPTIMIZERS = ("adamw", "sgd")
@@ -26,7 +26,11 @@ def validate_config(config, *, num_devices: int, process_count: int = 1) -> None
   problems += _check_model(config.model)
   problems += _check_training(config)
   problems += _check_mesh(config.mesh_shape, num_devices)
+  problems += _check_scale(config, num_devices, model_ok=not problems)
+  problems += _check_input_shards(config, process_count)
   problems += _check_datasets(config, num_devices, process_count)
+  problems += _check_nonfinite(config)
+  problems += _check_init(config)
   if problems:
     raise ConfigError("invalid config:\n  - " + "\n  - ".join(problems))
 
@@ -120,6 +124,84 @@ def _check_mesh(mesh_shape, num_devices: int) -> list[str]:
   return []
 
 
+def _check_scale(config, num_devices: int, model_ok: bool) -> list[str]:
+  """Sharding rules, memory knobs, and parameters that the mesh must split evenly."""
+  out = []
+  for name, text in config.axis_rules.items():
+    try:
+      sharding.rules_from_config({name: text})
+    except ValueError as e:
+      out.append(_problem(f"axis_rules.{name}", text, str(e),
+                          f"--config.axis_rules.{name}=" + (
+                              sharding.rules_to_config().get(name) or "''")))
+  model = config.model
+  if model.remat not in block_stack.REMAT_POLICIES:
+    out.append(_problem("model.remat", model.remat,
+                        f"allowed: {', '.join(block_stack.REMAT_POLICIES)}",
+                        "--config.model.remat=full"))
+  if model.scan_layers and model.stochastic_depth > 0:
+    out.append(_problem("model.scan_layers", True,
+                        "scanned blocks must be identical, but stochastic depth gives every "
+                        f"layer its own drop-path rate (stochastic_depth={model.stochastic_depth})",
+                        "--config.model.scan_layers=False or --config.model.stochastic_depth=0"))
+  if model.scan_layers and config.get("init_from"):
+    out.append(_problem("model.scan_layers", True,
+                        "init_from loads pretrained weights into per-block parameters, not "
+                        "stacked ones", "--config.model.scan_layers=False for the fine-tuning run"))
+  k = config.grad_accum_steps
+  if k < 1:
+    out.append(_problem("grad_accum_steps", k, "must be >= 1", "--config.grad_accum_steps=1"))
+  else:
+    for name, ds in config.datasets.items():
+      if ds.batch_size % (k * num_devices):
+        out.append(_problem(
+            f"datasets.{name}.batch_size", ds.batch_size,
+            f"with grad_accum_steps={k} every micro-batch ({ds.batch_size}/{k}) must split "
+            f"evenly over the {num_devices} device(s)",
+            f"--config.datasets.{name}.batch_size={_round_to(ds.batch_size, k * num_devices)}"))
+  if model_ok and not out:
+    out += _check_parameter_split(config, num_devices,
+                                  sharding.rules_from_config(config.axis_rules))
+  return out
+
+
+def _check_input_shards(config, process_count: int) -> list[str]:
+  shards = config.input.shards
+  if shards < 0 or (shards and shards % process_count):
+    return [_problem("input.shards", shards,
+                     f"must be 0 (one per process) or a multiple of the {process_count} process(es)",
+                     f"--config.input.shards={_round_to(max(shards, 1), process_count)}")]
+  out = []
+  for name, ds in config.datasets.items():
+    if shards and ds.batch_size % shards:
+      out.append(_problem(f"datasets.{name}.batch_size", ds.batch_size,
+                          f"must split evenly into input.shards={shards} shard batches",
+                          f"--config.datasets.{name}.batch_size={_round_to(ds.batch_size, shards)}"))
+  return out
+
+
+def _check_parameter_split(config, num_devices: int, rules) -> list[str]:
+  """Every parameter dimension that the rules shard must divide by its mesh axes' size."""
+  from flax import nnx
+  from cover_jax.models import cover
+
+  mesh_sizes = dict(zip(sharding.MESH_AXES,
+                        sharding.resolve_mesh_shape(config.mesh_shape, num_devices)))
+  if all(size == 1 for name, size in mesh_sizes.items() if name != "data"):
+    return []  # data parallel only: parameters are replicated
+  classes = {name: ds.num_classes for name, ds in config.datasets.items()}
+  params = nnx.state(nnx.eval_shape(lambda: cover.build_model(config.model, classes,
+                                                              nnx.Rngs(params=0))), nnx.Param)
+  uneven = sharding.indivisible_dims(params, nnx.get_partition_spec(params), mesh_sizes, rules)
+  if not uneven:
+    return []
+  return [_problem("mesh_shape", tuple(config.mesh_shape),
+                   f"{len(uneven)} parameter dimension(s) do not split evenly over the mesh, "
+                   f"e.g. {'; '.join(uneven[:3])}",
+                   "choose mesh sizes that divide the model's width / num_heads / mlp_dim, "
+                   "or map that logical axis elsewhere (--config.axis_rules.<name>='')")]
+
+
 def _check_datasets(config, num_devices: int, process_count: int) -> list[str]:
   from cover_jax.data import builders  # imports TFDS; keep model-only users light.
 
@@ -201,6 +283,25 @@ def _check_frames(field, ds, is_video: bool) -> list[str]:
   return []
 
 
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+def _check_nonfinite(config) -> list[str]:
+  nf = config.nonfinite
+  out = []
+  if nf.policy not in NONFINITE_POLICIES:
+    out.append(_problem("nonfinite.policy", nf.policy, f"allowed: {', '.join(NONFINITE_POLICIES)}",
+                        "--config.nonfinite.policy=stop"))
+  if nf.max_consecutive_skips < 1:
+    out.append(_problem("nonfinite.max_consecutive_skips", nf.max_consecutive_skips,
+                        "must be >= 1", "--config.nonfinite.max_consecutive_skips=10"))
+  if nf.inject_at_step < -1:
+    out.append(_problem("nonfinite.inject_at_step", nf.inject_at_step,
+                        "must be a step number >= 0, or -1 (never)",
+                        "--config.nonfinite.inject_at_step=-1"))
+  return out
+
+
 def _variant_ok(model) -> bool:
   try:
     timesformer.decode_variant(model.variant)
@@ -215,3 +316,32 @@ def _round_to(value: int, multiple: int) -> int:
 
 def _nearest_divisor(n: int, near: int) -> int:
   return min((d for d in range(1, n + 1) if n % d == 0), key=lambda d: abs(d - near))
+
+
+def _check_init(config) -> list[str]:
+  """`init_from` and how to load it (cover_jax/pretrained/)."""
+  from cover_jax.pretrained import fit, files  # pylint: disable=import-outside-toplevel
+
+  if "init" not in config:
+    return []
+  out, init = [], config.init
+  # The path's existence is checked when the run starts (and only if the
+  # workdir has no checkpoint to resume from), as for datasets' paths.
+  if init.format not in ("auto",) + files.FORMATS:
+    out.append(_problem("init.format", init.format, f"allowed: auto, {', '.join(files.FORMATS)}",
+                        "--config.init.format=auto"))
+  if init.heads not in fit.HEAD_MODES:
+    out.append(_problem("init.heads", init.heads, f"allowed: {', '.join(fit.HEAD_MODES)}",
+                        "--config.init.heads=matching"))
+  if init.posemb_resize not in ("auto", "nearest", "bilinear"):
+    out.append(_problem("init.posemb_resize", init.posemb_resize,
+                        "allowed: auto, nearest, bilinear", "--config.init.posemb_resize=auto"))
+  try:
+    unknown = sorted(set(fit.parse_head_map(init.head_map)) - set(config.datasets))
+    if unknown:
+      out.append(_problem("init.head_map", init.head_map, f"names dataset(s) {unknown} that the "
+                          f"config does not have (datasets: {sorted(config.datasets)})",
+                          f"--config.init.head_map={next(iter(config.datasets), 'k400')}=head"))
+  except ValueError as e:
+    out.append(_problem("init.head_map", init.head_map, str(e), "--config.init.head_map=k400=head"))
+  return out

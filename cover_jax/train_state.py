@@ -29,12 +29,13 @@ def _init_state(rng, model_config, num_classes, tx) -> tuple[nnx.GraphDef, Train
 
 
 def abstract_train_state(model_config, num_classes: Mapping[str, int],
-                         tx: optax.GradientTransformation, mesh: Mesh):
-  """(graphdef, abstract state with shardings, state shardings)."""
+                         tx: optax.GradientTransformation, mesh: Mesh,
+                         rules: sharding.Rules | None = None):
+  """(graphdef, abstract state with shardings, state shardings); `rules`: sharding.py's."""
   graphdef, shapes = nnx.eval_shape(
       lambda: _init_state(jax.random.key(0), model_config, num_classes, tx))
   logical_specs = nnx.get_partition_spec(shapes)
-  shardings = sharding.logical_to_shardings(logical_specs, mesh)
+  shardings = sharding.logical_to_shardings(logical_specs, mesh, rules)
   abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                           shapes, shardings)
   return graphdef, abstract, shardings

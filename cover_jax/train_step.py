@@ -25,6 +25,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cover_jax import grad_accum, nonfinite
+
 
 @flax.struct.dataclass
 class TrainState:
@@ -61,13 +63,14 @@ def _head_loss(model, features_bd, labels, dataset_index, heads: HeadSettings):
   return jax.lax.switch(dataset_index, branches, features_bd, labels)
 
 
-def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings):
+def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings, poison=1.0):
   model = nnx.merge(graphdef, params)
   total, losses, top1s = 0.0, [], []
   for i, (batch, weight) in enumerate(zip(batches, loss_weights)):
     rngs = nnx.Rngs(dropout=jax.random.fold_in(rng, i))
     features = model.backbone(batch["video"], deterministic=False, rngs=rngs)
     loss, top1 = _head_loss(model, features, batch["label"], batch["dataset_index"], heads)
+    loss = loss * poison  # exactly 1.0 unless nonfinite.inject_at_step (nonfinite.py)
     total += weight * loss
     losses.append(loss)
     top1s.append(top1)
@@ -76,22 +79,34 @@ def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings):
 
 def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *,
                graphdef, tx: optax.GradientTransformation, heads: HeadSettings,
-               loss_weights: tuple[float, ...], learning_rate_fn):
+               loss_weights: tuple[float, ...], learning_rate_fn, micro_batches: int = 1,
+               skip_nonfinite: bool = False, inject_nonfinite_at_step: int = -1):
   """One optimizer step on `batches` (a tuple of per-dataset batches).
 
   Each batch is {'video': (B, T, H, W, 3) float, 'label': (B,) int,
   'dataset_index': () int32 index into `heads.dataset_names`}.
   Metrics hold the total loss, per-batch losses and top-1, the gradient norm
   and the learning rate; the host maps per-batch entries to dataset names.
+  With `micro_batches` = k > 1 the gradients are accumulated over k slices of
+  every batch (grad_accum.py); the step's result is the same up to float order.
+  With `skip_nonfinite`, a step whose loss or gradient is not finite leaves
+  params and optimizer state unchanged (the step counter still advances).
   """
   step_rng = jax.random.fold_in(rng, state.step)
-  grad_fn = jax.value_and_grad(_loss_fn, has_aux=True)
-  (loss, (losses, top1s)), grads = grad_fn(state.params, graphdef, tuple(batches),
-                                           loss_weights, step_rng, heads)
+  poison = nonfinite.poison_factor(state.step, inject_nonfinite_at_step)
+  loss_fn = lambda params, batches, rng: _loss_fn(params, graphdef, batches, loss_weights,
+                                                   rng, heads, poison)
+  grad_fn = grad_accum.value_and_grad(loss_fn, micro_batches)
+  (loss, (losses, top1s)), grads = grad_fn(state.params, tuple(batches), step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
+  grad_norm = optax.tree.norm(grads)
+  if skip_nonfinite:
+    finite = nonfinite.all_finite(loss, grad_norm)
+    params, opt_state = nonfinite.keep_if_finite(finite, (params, opt_state),
+                                                 (state.params, state.opt_state))
   metrics = {"loss": loss, "batch_loss": losses, "batch_top1": top1s,
-             "grad_norm": optax.tree.norm(grads),
+             "grad_norm": grad_norm,
              "learning_rate": learning_rate_fn(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
@@ -121,6 +136,13 @@ def _masked_counts(logits, labels, mask):
           "loss": (loss * mask).sum(), "count": mask.sum()}
 
 
-def bind_train_step(graphdef, tx, heads: HeadSettings, loss_weights, learning_rate_fn):
+def bind_train_step(graphdef, tx, heads: HeadSettings, loss_weights, learning_rate_fn,
+                    nonfinite_config=None, micro_batches: int = 1):
+  """`train_step` with its constants bound; `nonfinite_config` is `config.nonfinite`."""
+  extra = {}
+  if nonfinite_config is not None:
+    extra = dict(skip_nonfinite=nonfinite_config.policy == "skip",
+                 inject_nonfinite_at_step=int(nonfinite_config.inject_at_step))
   return functools.partial(train_step, graphdef=graphdef, tx=tx, heads=heads,
-                           loss_weights=tuple(loss_weights), learning_rate_fn=learning_rate_fn)
+                           loss_weights=tuple(loss_weights), learning_rate_fn=learning_rate_fn,
+                           micro_batches=micro_batches, **extra)

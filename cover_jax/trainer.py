@@ -1,9 +1,25 @@
 """The host loop: mixture of datasets -> jitted train step -> metrics, evals, checkpoints.
 
 Resume order (the one place it is decided): the newest checkpoint in
-`workdir/checkpoints` that restores, else a fresh initialisation from
-`config.seed`. The input pipelines then skip exactly the batches that the
-restored steps consumed (recomputed from the mixture's (seed, step) choices).
+`workdir/checkpoints` that restores and fits the config (resume_checks.py: a
+config that does not fit stops the run; a damaged checkpoint is set aside and
+the previous one tried), else `config.init_from` (pretrained weights loaded
+into the fresh, sharded state; cover_jax/pretrained/), else a fresh
+initialisation from `config.seed`.
+
+What a resumed run takes from where (so that it is bit-identical, on CPU, to
+a run that was never interrupted):
+- params, optimizer state, step: the checkpoint's `state`;
+- RNG: derived from (seed, step) inside the step, nothing to save;
+- which dataset(s) each step trains on: derived from (seed, step) (mixture.py);
+- each dataset's input position: the checkpoint meta's `input_position`
+  (batches consumed per dataset, counted by the host loop; recomputed from the
+  mixture's choices for checkpoints without it). The pipeline restarts there
+  by a deterministic skip, not by tf.data iterator checkpointing: its state is
+  a few integers identical on every host, and iterator checkpoints would hold
+  the shuffle buffer's (decoded) examples, per host, in every checkpoint;
+- the non-finite skip counters: the meta's `nonfinite` (nonfinite.py).
+SIGTERM saves the current step and stops the run (preemption.py).
 
 Metrics of step s are fetched to the host after step s+1 has been dispatched,
 so the device never waits for the host; every fetched loss is checked, and all
@@ -25,12 +41,13 @@ import numpy as np
 from clu import periodic_actions
 
 from cover_jax import checkpoint, evaluate, mixture, optim, sharding, train_state, writers
-from cover_jax.data import pipeline
+from cover_jax import nonfinite, preemption, resume_checks, workdir as workdir_checks
+from cover_jax.data import pipeline, shards
+from cover_jax.models import block_stack
+from cover_jax.pretrained import loader as pretrained_loader
 from cover_jax.train_step import HeadSettings, bind_train_step, eval_step
 
-
-class NonFiniteLossError(RuntimeError):
-  """Training produced a NaN/Inf loss; the last good checkpoint is kept."""
+NonFiniteLossError = nonfinite.NonFiniteLossError
 
 
 class NoCheckpointError(FileNotFoundError):
@@ -53,6 +70,8 @@ class _Run:
   ckpt: checkpoint.Checkpointer
   writer: object
   eval_datasets: dict = dataclasses.field(default_factory=dict)  # built on first use
+  resumed_meta: dict | None = None  # meta of the checkpoint resumed from
+  rules: tuple = sharding.LOGICAL_AXIS_RULES  # logical axis -> mesh axes (config.axis_rules)
 
 
 @dataclasses.dataclass
@@ -99,8 +118,9 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, dict[str, float]]:
 
 
 def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
-  os.makedirs(workdir, exist_ok=True)
+  workdir_checks.ensure_writable(workdir)
   mesh = sharding.make_mesh(config.mesh_shape)
+  rules = sharding.rules_from_config(config.axis_rules)
   logging.info("process %d of %d, %d device(s), mesh %s", jax.process_index(),
                jax.process_count(), jax.device_count(), dict(mesh.shape))
   specs = pipeline.prepare_datasets(config)
@@ -109,13 +129,18 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
   num_classes = {n: specs[n].config.num_classes for n in names}
   tx = optim.build_optimizer(config.optimizer, config.total_steps)
   graphdef, abstract, state_shardings = train_state.abstract_train_state(
-      config.model, num_classes, tx, mesh)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                 max_to_keep=config.keep_checkpoints)
+      config.model, num_classes, tx, mesh, rules)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if not require_checkpoint:
+    workdir_checks.ensure_room_for_checkpoint(ckpt_dir, abstract)
+  ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
+  block_stack.check_checkpoint_layout(ckpt.directory, config.model.scan_layers)
   restored = ckpt.restore_latest(
-      abstract, set_aside_damaged=not require_checkpoint and jax.process_index() == 0)
+      abstract, set_aside_damaged=not require_checkpoint and jax.process_index() == 0,
+      check=functools.partial(resume_checks.check_resumable, config, abstract))
+  resumed_meta = None
   if restored is not None:
-    start_step, state, _ = restored
+    start_step, state, resumed_meta = restored
     logging.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)
   elif require_checkpoint:
     raise NoCheckpointError(f"no checkpoint that restores in {ckpt.directory}: train first "
@@ -124,46 +149,69 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
     start_step = 0
     state = train_state.init_train_state(jax.random.key(config.seed), config.model,
                                          num_classes, tx, state_shardings)
+    if config.get("init_from"):
+      state = pretrained_loader.init_state_from_pretrained(config, state, state_shardings.params)
   mix = mixture.DatasetMixture({n: specs[n].config.weight for n in names}, config.mixture,
                                config.seed)
   names_per_step = mix.datasets_at(0)
   step = bind_train_step(graphdef, tx, heads, mix.loss_weights(names_per_step),
-                         optim.learning_rate_schedule(config.optimizer, config.total_steps))
+                         optim.learning_rate_schedule(config.optimizer, config.total_steps),
+                         nonfinite_config=config.nonfinite,
+                         micro_batches=config.grad_accum_steps)
   replicated = sharding.replicated(mesh)
-  step_fn = jax.jit(step, out_shardings=(state_shardings, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, graphdef=graphdef, heads=heads),
+  step_fn = jax.jit(sharding.with_rules(step, rules), out_shardings=(state_shardings, replicated),
+                    donate_argnums=0)
+  eval_fn = jax.jit(sharding.with_rules(functools.partial(eval_step, graphdef=graphdef,
+                                                          heads=heads), rules),
                     out_shardings=replicated)
   writer = writers.create_writer(workdir, jax.process_index())
   return _Run(config, workdir, mesh, specs, heads, mix, state, start_step, step_fn, eval_fn,
-              ckpt, writer)
+              ckpt, writer, resumed_meta=resumed_meta, rules=rules)
 
 
-def _to_device(mesh, batch: dict, dataset_index: int) -> dict:
+def _to_device(mesh, batch: dict, dataset_index: int, rules=None) -> dict:
   """Process-local host batch -> global arrays sharded over the batch axes."""
-  out = {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim), v)
+  out = {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim, rules),
+                                                   v)
          for k, v in batch.items()}
   out["dataset_index"] = jax.make_array_from_process_local_data(
       sharding.replicated(mesh), np.asarray(dataset_index, np.int32))
   return out
 
 
-def _train_iterators(run: _Run) -> dict:
+def _input_positions(run: _Run) -> dict[str, int]:
+  """Batches each dataset gave to the steps before `run.start_step`."""
+  saved = (run.resumed_meta or {}).get("input_position")
+  if saved is not None and set(saved) >= set(run.specs):
+    return {name: int(saved[name]) for name in run.specs}
+  if run.start_step:  # a checkpoint written before positions were saved
+    logging.info("recomputing input positions from the mixture's choices of %d steps",
+                 run.start_step)
   consumed = run.mixture.batches_consumed(run.start_step)
+  return {name: consumed.get(name, 0) for name in run.specs}
+
+
+def _train_iterators(run: _Run, consumed: dict[str, int]) -> dict:
+  """This process's share of every dataset's batches (data/shards.py)."""
   cfg = run.config
-  return {
-      name: pipeline.train_dataset(
-          spec, global_seed=cfg.seed, mean=cfg.input.mean, std=cfg.input.std,
-          process_index=jax.process_index(), process_count=jax.process_count(),
-          start_batch=consumed[name]).as_numpy_iterator()
-      for name, spec in run.specs.items()}
+  num_shards = shards.resolve_num_shards(cfg.input.shards, jax.process_count())
+  owned = shards.owned_shards(num_shards, jax.process_index(), jax.process_count())
+
+  def reader(spec):
+    return lambda shard: pipeline.train_dataset(
+        spec, global_seed=cfg.seed, mean=cfg.input.mean, std=cfg.input.std,
+        process_index=shard, process_count=num_shards,
+        start_batch=consumed[spec.name]).as_numpy_iterator()
+  return {name: shards.concatenated(reader(spec), owned) for name, spec in run.specs.items()}
 
 
 class _TrainMetrics:
   """Per-dataset running means of fetched train metrics, with NaN checks."""
 
-  def __init__(self):
+  def __init__(self, monitor: nonfinite.NonFiniteMonitor):
     self.reset()
     self.last_top1: dict[str, float] = {}
+    self.nonfinite = monitor
 
   def reset(self):
     self.sums = collections.defaultdict(lambda: np.zeros(3))  # loss, top1, count
@@ -171,15 +219,10 @@ class _TrainMetrics:
 
   def add(self, step: int, names, metrics) -> None:
     metrics = jax.device_get(metrics)
+    if not self.nonfinite.check(step, names, metrics):  # raises unless the policy skips
+      return
     for name, loss, top1 in zip(names, metrics["batch_loss"], metrics["batch_top1"]):
-      if not np.isfinite(loss):
-        raise NonFiniteLossError(
-            f"non-finite loss {float(loss)} at step {step} on dataset {name!r}; stopping. "
-            "The latest checkpoint is from before this step. Lower "
-            "--config.optimizer.learning_rate or raise warmup_steps and resume.")
       self.sums[name] += (loss, top1, 1)
-    if not np.isfinite(metrics["grad_norm"]):
-      raise NonFiniteLossError(f"non-finite gradient norm at step {step} on {names}; stopping.")
     self.extra["grad_norm"].append(metrics["grad_norm"])
     self.extra["learning_rate"].append(metrics["learning_rate"])
 
@@ -191,24 +234,38 @@ class _TrainMetrics:
       self.last_top1[name] = top1 / count
     for key, values in self.extra.items():
       out[f"train/{key}"] = float(np.mean(values))
+    if self.nonfinite.skipped_total:
+      out["train/nonfinite_skipped_steps"] = float(self.nonfinite.skipped_total)
     self.reset()
     return out
 
 
 def _train_loop(run: _Run) -> dict[str, float]:
   cfg = run.config
-  iterators = _train_iterators(run)
+  positions = _input_positions(run)
+  iterators = _train_iterators(run, positions)
   index = {name: i for i, name in enumerate(run.heads.dataset_names)}
   rng = jax.random.key(cfg.seed + 1)
-  tracked = _TrainMetrics()
+  tracked = _TrainMetrics(nonfinite.NonFiniteMonitor(
+      cfg.nonfinite, (run.resumed_meta or {}).get("nonfinite")))
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.total_steps, writer=run.writer,
                                              every_steps=cfg.log_every or None)
   pending = None
   last_log = (run.start_step, time.monotonic())
-  with jax.set_mesh(run.mesh):
+  saved = run.start_step  # on disk, or (step 0) reproducible from the seed
+  with jax.set_mesh(run.mesh), preemption.PreemptionWatch() as preempt:
     for step in range(run.start_step, cfg.total_steps):
+      if preempt.reached(step):
+        if pending is not None:
+          tracked.add(*pending)  # never save a state reached through a non-finite step
+        if step != saved:
+          _save_checkpoint(run, step, positions, tracked)
+        raise preemption.Preempted(step, run.ckpt.directory)
       names = run.mixture.datasets_at(step)
-      batches = tuple(_to_device(run.mesh, next(iterators[n]), index[n]) for n in names)
+      batches = tuple(_to_device(run.mesh, next(iterators[n]), index[n], run.rules)
+                      for n in names)
+      for name in names:
+        positions[name] += 1
       run.state, metrics = run.step_fn(run.state, batches, rng)
       if pending is not None:
         tracked.add(*pending)  # the previous step: its result is ready by now
@@ -222,10 +279,26 @@ def _train_loop(run: _Run) -> dict[str, float]:
       if _due(done, cfg.log_every, cfg.total_steps):
         last_log = _log_train(run, tracked, done, last_log)
       if _due(done, cfg.checkpoint_every, cfg.total_steps):
-        run.ckpt.save(done, run.state, {"step": done, "config": cfg.to_json()})
+        _save_checkpoint(run, done, positions, tracked)
+        saved = done
       if _due(done, cfg.eval_every, None) and done < cfg.total_steps:
         _evaluate_all(run, run.state, done)
+    if preempt.reached(cfg.total_steps):  # the last step is saved: skip the final evaluation
+      raise preemption.Preempted(cfg.total_steps, run.ckpt.directory)
   return tracked.last_top1
+
+
+def _save_checkpoint(run: _Run, done: int, positions: dict[str, int],
+                     tracked: _TrainMetrics) -> None:
+  """Saves the state after `done` steps (asynchronously) with the run's bookkeeping.
+
+  The meta is a plain JSON dict: add keys freely (readers use `.get`).
+  """
+  meta = {"step": done, "config": run.config.to_json(),
+          # predict / init_from read these names.
+          "class_names": {n: list(s.class_names) for n, s in run.specs.items()},
+          "input_position": dict(positions), "nonfinite": tracked.nonfinite.state()}
+  run.ckpt.save(done, run.state, meta)
 
 
 def _due(done: int, every: int, last: int | None) -> bool:
@@ -250,7 +323,7 @@ def _log_train(run: _Run, tracked: _TrainMetrics, done: int, last_log):
 def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
   cfg = run.config
   results = {}
-  to_device = functools.partial(_to_device, run.mesh)
+  to_device = functools.partial(_to_device, run.mesh, rules=run.rules)
   with jax.set_mesh(run.mesh):
     for i, name in enumerate(run.heads.dataset_names):
       if name not in run.eval_datasets:

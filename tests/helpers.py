@@ -22,3 +22,24 @@ def load_config(path: str = "configs/demo.py", arg: str | None = None, **overrid
         node = node[p]
       node[leaf] = value
   return config
+
+
+def checkpoint_arrays(workdir, step: int) -> dict:
+  """{path: numpy array} of the `state` item of checkpoint `step` in `workdir`."""
+  import jax
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  tree = ocp.StandardCheckpointer().restore(pathlib.Path(workdir) / "checkpoints" / str(step)
+                                            / "state")
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def assert_same_arrays(got: dict, want: dict, context: str = "") -> None:
+  """Bit-for-bit equality of two `checkpoint_arrays` results."""
+  import numpy as np
+
+  assert sorted(got) == sorted(want), context
+  differing = [k for k in want if not np.array_equal(got[k], want[k])]
+  assert not differing, f"{context}: {len(differing)} arrays differ, e.g. {differing[:3]}"

@@ -1,87 +1,90 @@
-"""Sharding: the logical-axis rules, and a data-parallel step over 8 fake devices.
+"""Sharding: the logical-axis rules, and train steps on meshes of 8 fake devices.
 
-The multi-device check runs in a subprocess: XLA's fake host devices must be
-requested before JAX is first imported.
+The multi-device checks run tests/mesh_check.py in a subprocess: XLA's fake
+host devices must be requested before JAX is first imported.
 """
 
 import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cover_jax import sharding
-from tests.helpers import REPO
+from cover_jax import config_validation, sharding
+from tests.helpers import REPO, load_config
 
-_EIGHT_DEVICE_STEP = textwrap.dedent("""
-    import json
-    import jax, numpy as np
-    from flax import nnx
-    from cover_jax import optim, sharding, train_state
-    from cover_jax.train_step import HeadSettings, bind_train_step
-    from tests.helpers import load_config
-
-    assert jax.device_count() == 8, jax.devices()
-    config = load_config(arg="tiny=true")
-    classes = {"appearance": 12, "images": 36, "motion": 8}
-    names = tuple(sorted(classes))
-    tx = optim.build_optimizer(config.optimizer, config.total_steps)
-    rng = np.random.default_rng(0)
-    host_batch = {"video": rng.normal(size=(8, 4, 16, 16, 3)).astype(np.float32),
-                  "label": rng.integers(0, 8, 8).astype(np.int32)}
-
-    def one_step(devices):
-      mesh = sharding.make_mesh((-1, 1, 1), devices)
-      graphdef, _, shardings = train_state.abstract_train_state(config.model, classes, tx, mesh)
-      state = train_state.init_train_state(jax.random.key(0), config.model, classes, tx,
-                                           shardings)
-      step = jax.jit(bind_train_step(graphdef, tx, HeadSettings(names, (0.1,) * 3), (1.0,),
-                                     optim.learning_rate_schedule(config.optimizer, 6)),
-                     out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-      batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
-               for k, v in host_batch.items()}
-      batch["dataset_index"] = jax.device_put(np.int32(names.index("motion")),
-                                              sharding.replicated(mesh))
-      init = nnx.to_pure_dict(jax.device_get(state.params))
-      losses, grad_norms = [], []
-      with jax.set_mesh(mesh):
-        for _ in range(3):  # step 0 has lr 0 (warm-up); later steps move the weights
-          state, metrics = step(state, (batch,), jax.random.key(1))
-          losses.append(float(metrics["loss"]))
-          grad_norms.append(float(metrics["grad_norm"]))
-      shard_rows = sorted({s.data.shape[0] for s in batch["video"].addressable_shards})
-      params = nnx.to_pure_dict(jax.device_get(state.params))
-      moved = max(jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
-                                               params, init)))
-      return params, losses, grad_norms, shard_rows, moved
-
-    params8, losses8, norms8, rows8, moved8 = one_step(jax.devices())
-    params1, losses1, norms1, rows1, _ = one_step(jax.devices()[:1])
-    diffs = jax.tree.leaves(jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))),
-                                         params8, params1))
-    print(json.dumps(dict(losses8=losses8, losses1=losses1, norms8=norms8, norms1=norms1,
-                          rows8=rows8, rows1=rows1, max_diff=max(diffs), moved=moved8)))
-""")
+# Faster CPU compiles (the check is about partitioning, not generated-code speed).
+_XLA_FLAGS = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+              "--xla_llvm_disable_expensive_passes=true")
+_MESHES = ("8,1,1", "4,2,1", "2,2,2", "1,8,1", "1,1,8", "2,2,2+knobs")
 
 
-def test_data_parallel_step_on_8_devices_matches_one_device():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  result = subprocess.run([sys.executable, "-c", _EIGHT_DEVICE_STEP], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+@pytest.fixture(scope="module")
+def mesh_runs():
+  """tests/mesh_check.py's results: one device, then each mesh of 8 fake devices."""
+  env = {**os.environ, "XLA_FLAGS": _XLA_FLAGS}
+  result = subprocess.run([sys.executable, "-m", "tests.mesh_check"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
-  out = json.loads(result.stdout.strip().splitlines()[-1])
-  assert out["rows8"] == [1] and out["rows1"] == [8]  # the batch really is split 8 ways
-  np.testing.assert_allclose(out["losses8"], out["losses1"], rtol=1e-5)
-  np.testing.assert_allclose(out["norms8"], out["norms1"], rtol=1e-4)
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("mesh", _MESHES)
+def test_mesh_matches_one_device(mesh_runs, mesh):
+  """A few steps on the mesh give one device's losses, gradient norms and parameters.
+
+  '2,2,2+knobs' adds full remat, scan over layers and 2 micro-batches.
+  """
+  one, run = mesh_runs["1,1,1"], mesh_runs[mesh]
+  np.testing.assert_allclose(run["losses"], one["losses"], rtol=1e-5)
+  np.testing.assert_allclose(run["norms"], one["norms"], rtol=1e-4)
   # Summation order differs across devices, and Adam's g/sqrt(v) magnifies
   # float noise in near-zero gradients: compare against the size of the update.
-  assert out["moved"] > 1e-4
-  assert out["max_diff"] < 0.1 * out["moved"]
+  assert one["moved"] > 1e-4
+  assert run["max_diff"] < 0.1 * one["moved"]
+  assert run["collectives"]["all-to-all"] == 0
+
+
+def _outside_switch(run, op):
+  """Collectives of `op` outside the per-dataset head branches (lax.switch)."""
+  return run["collectives"][op] - run["collectives"][op + "@branch"]
+
+
+def test_data_parallel_all_reduces_gradients_once(mesh_runs):
+  dp = mesh_runs["8,1,1"]
+  assert dp["rows"] == [1] and mesh_runs["1,1,1"]["rows"] == [8]  # batch split 8 ways
+  # One (combined) all-reduce of the backbone's gradients; the taken head
+  # branch reduces its own gradients and loss. Nothing is gathered.
+  assert _outside_switch(dp, "all-reduce") == 1
+  for op in ("all-gather", "reduce-scatter", "all-to-all", "collective-permute"):
+    assert dp["collectives"][op] == 0, op
+
+
+def test_fsdp_gathers_parameters_and_shards_the_state(mesh_runs):
+  fsdp, dp = mesh_runs["1,8,1"], mesh_runs["8,1,1"]
+  assert fsdp["rows"] == [1]  # the batch is split over `fsdp` too
+  # 7 weight matrices in a divided block, each gathered for use.
+  assert _outside_switch(fsdp, "all-gather") >= 7
+  # Gradients are reduce-scattered: on CPU XLA has no reduce-scatter creator
+  # pass, so they show as all-reduces followed by a slice per device.
+  assert fsdp["collectives"]["reduce-scatter"] + _outside_switch(fsdp, "all-reduce") >= 1
+  # Parameters and optimizer state are split 8 ways (a few tiny ones stay whole).
+  assert fsdp["state_bytes_per_device"] < 0.2 * dp["state_bytes_per_device"]
+
+
+def test_tensor_parallel_splits_heads_and_mlp(mesh_runs):
+  tp, dp = mesh_runs["1,1,8"], mesh_runs["8,1,1"]
+  assert tp["rows"] == [8]  # the batch is whole on every device
+  # Megatron-style: activations are all-reduced after attention and MLP;
+  # weights are never gathered.
+  assert tp["collectives"]["all-reduce"] >= 2
+  assert tp["collectives"]["all-gather"] == 0
+  # Heads and MLP units are split; embedding-sized vectors are not.
+  assert tp["state_bytes_per_device"] < 0.6 * dp["state_bytes_per_device"]
 
 
 def test_logical_rules_map_batch_to_data_axes():
@@ -115,3 +118,47 @@ def test_impossible_mesh_shapes_are_rejected(shape):
 def test_constrain_is_a_no_op_outside_a_mesh():
   x = jax.numpy.ones((2, 3))
   assert (sharding.constrain(x, ("batch", "embed")) == x).all()
+
+
+def test_rules_round_trip_through_the_config_form():
+  as_config = sharding.rules_to_config()
+  assert as_config["batch"] == "data+fsdp" and as_config["classes"] == ""
+  assert sharding.rules_from_config(as_config) == sharding.LOGICAL_AXIS_RULES
+
+
+def test_config_overrides_the_rules():
+  config = load_config(arg="tiny=true")
+  config.axis_rules.embed = ""           # FSDP off
+  config.axis_rules.mlp = "fsdp+tensor"  # MLP units over two axes
+  rules = sharding.rules_from_config(config.axis_rules)
+  assert sharding.logical_to_mesh_spec(("embed", "mlp"), rules) == P(None, ("fsdp", "tensor"))
+  # Inside a step wrapped with the rules, constraints use them.
+  seen = sharding.with_rules(sharding.current_rules, rules)()
+  assert dict(seen)["embed"] is None
+  assert sharding.current_rules() == sharding.LOGICAL_AXIS_RULES  # and only there
+
+
+@pytest.mark.parametrize("text", ["fsdpx", "data+data", "data,fsdp"])
+def test_bad_axis_rules_are_rejected(text):
+  with pytest.raises(ValueError, match="mesh axes"):
+    sharding.rules_from_config({"embed": text})
+
+
+def test_config_errors_for_uneven_splits_and_knobs():
+  config = load_config(arg="tiny=true")  # 2 heads
+  config.mesh_shape = (1, 1, 8)
+  config.axis_rules.embed = "fsdpx"
+  config.model.remat = "some"
+  config.grad_accum_steps = 3
+  with pytest.raises(config_validation.ConfigError) as error:
+    config_validation.validate_config(config, num_devices=8)
+  message = str(error.value)
+  assert "config.axis_rules.embed = 'fsdpx'" in message and "Fix: --config.axis_rules.embed=fsdp" in message
+  assert "config.model.remat = 'some'" in message
+  assert "grad_accum_steps=3" in message and "batch_size=24" in message
+  config.axis_rules.embed, config.model.remat, config.grad_accum_steps = "fsdp", "full", 1
+  with pytest.raises(config_validation.ConfigError, match=r"has 2 along 'heads', split over "
+                     r"tensor \(8 ways\)"):
+    config_validation.validate_config(config, num_devices=8)
+  config.mesh_shape = (4, 1, 2)
+  config_validation.validate_config(config, num_devices=8)

@@ -70,7 +70,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
                num_frames=int(num_frames), seed=int(seed))
 
 
-class _LocalDatasetInfo(tfds.core.DatasetInfo):
+class LocalDatasetInfo(tfds.core.DatasetInfo):
   """DatasetInfo that never looks for precomputed info on GCS.
 
   TFDS calls `initialize_from_bucket` for every builder constructed before its
@@ -113,7 +113,7 @@ class _SyntheticBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     data_key = "video" if IS_VIDEO[self.SOURCE] else "image"
     # DatasetInfo(builder=self) because these builders are not in a TFDS
     # package directory, which `dataset_info_from_configs` would look for.
-    return _LocalDatasetInfo(
+    return LocalDatasetInfo(
         builder=self,
         description=self.DESCRIPTION,
         features=features,

@@ -44,6 +44,7 @@ import numpy as np
 from flax import nnx
 
 from cover_jax import sharding
+from cover_jax.models import block_stack
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
 
@@ -239,13 +240,22 @@ class TimeSformer(nnx.Module):
   def __init__(self, dims: TimeSformerDims, *, image_size: int, num_frames: int,
                attention_type: str = "divided_space_time", dropout: float = 0.0,
                attention_dropout: float = 0.0, stochastic_depth: float = 0.0,
-               time_embed_init_std: float = 0.0, dtype=jnp.float32, rngs: nnx.Rngs):
+               time_embed_init_std: float = 0.0, dtype=jnp.float32, remat: str = "none",
+               scan_layers: bool = False, rngs: nnx.Rngs):
     if attention_type not in ATTENTION_TYPES:
       raise ValueError(f"attention_type {attention_type!r} not in {ATTENTION_TYPES}")
+    if remat not in block_stack.REMAT_POLICIES:
+      raise ValueError(f"remat {remat!r} not in {sorted(block_stack.REMAT_POLICIES)}")
+    if scan_layers and stochastic_depth > 0:
+      # Scanned blocks share their static attributes; the per-layer rising
+      # drop-path rate is one of them.
+      raise ValueError("scan_layers needs stochastic_depth = 0 (per-layer drop-path "
+                       "rates differ, scanned blocks must be identical)")
     if image_size % dims.patch_size:
       raise ValueError(f"image_size {image_size} not divisible by patch size {dims.patch_size}")
     d, p = dims.width, dims.patch_size
     self.dims, self.attention_type, self.dtype = dims, attention_type, dtype
+    self.remat, self.scan_layers = remat, scan_layers
     self.grid = image_size // p
     self.patch_kernel = _param(nnx.initializers.lecun_normal(in_axis=(0, 1, 2), out_axis=3),
                                (p, p, 3, d), (None, None, None, "embed"), rngs)
@@ -261,10 +271,14 @@ class TimeSformer(nnx.Module):
                    if time_embed_init_std > 0 else nnx.initializers.zeros_init())
       self.time_embed = _param(time_init, (num_frames, d), ("time", "embed"), rngs)
     self.dropout = nnx.Dropout(dropout)
-    rates = np.linspace(0.0, stochastic_depth, dims.depth)  # rising linearly over layers
-    self.blocks = nnx.List([
-        Block(dims, attention_type, dropout=dropout, attention_dropout=attention_dropout,
-              drop_path_rate=float(rate), dtype=dtype, rngs=rngs) for rate in rates])
+    make_block = lambda rate, rngs: Block(
+        dims, attention_type, dropout=dropout, attention_dropout=attention_dropout,
+        drop_path_rate=float(rate), dtype=dtype, rngs=rngs)
+    if scan_layers:  # one Block whose parameters carry a leading `layers` axis
+      self.blocks = block_stack.make_stacked(lambda r: make_block(0.0, r), dims.depth, rngs)
+    else:
+      rates = np.linspace(0.0, stochastic_depth, dims.depth)  # rising linearly over layers
+      self.blocks = nnx.List([make_block(rate, rngs) for rate in rates])
     self.norm = _layer_norm(d, rngs)
 
   def embed_patches(self, x_bthwc: jax.Array) -> jax.Array:
@@ -309,19 +323,19 @@ class TimeSformer(nnx.Module):
       x_bntd = x_bntd + self.time_embedding(t).astype(self.dtype)
       cls_bd = self.dropout(cls_bd, deterministic=deterministic, rngs=rngs)
       x_bntd = self.dropout(x_bntd, deterministic=deterministic, rngs=rngs)
-      x_bntd = sharding.constrain(x_bntd, ("batch", "length", "time", "act_embed"))
-      for block in self.blocks:
-        cls_bd, x_bntd = self._run_block(block, cls_bd, x_bntd, deterministic, rngs)
+      cls_bd, x_bntd = _constrain_tokens((cls_bd, x_bntd))
+      cls_bd, x_bntd = self._run_blocks((cls_bd, x_bntd), deterministic, rngs)
     return self.norm(cls_bd).astype(jnp.float32)
 
-  def _run_block(self, block, cls_bd, x_bntd, deterministic, rngs):
-    kw = dict(deterministic=deterministic, rngs=rngs)
-    if self.attention_type == "divided_space_time":
-      return block.divided(cls_bd, x_bntd, **kw)
-    b, n, t, d = x_bntd.shape  # joint: one sequence [cls, (n, t) patch-major]
-    tokens_bld = jnp.concatenate([cls_bd[:, None], x_bntd.reshape(b, n * t, d)], axis=1)
-    tokens_bld = block.vit(tokens_bld, 1, **kw)
-    return tokens_bld[:, 0], tokens_bld[:, 1:].reshape(b, n, t, d)
+  def _run_blocks(self, carry, deterministic: bool, rngs):
+    """All blocks on `carry` (loop or scan, remat per block: block_stack.py)."""
+    attention_type = self.attention_type
+
+    def step(block, carry, rngs):  # positional only: nnx.remat maps arguments by position
+      return _block_step(block, carry, rngs, attention_type=attention_type,
+                         deterministic=deterministic)
+    return block_stack.run_blocks(step, self.blocks, carry, rngs, remat=self.remat,
+                                  scanned=self.scan_layers)
 
   def _space_only(self, cls_bd, x_bntd, deterministic, rngs):
     """Per-frame ViT; tokens averaged over frames before the final norm."""
@@ -329,6 +343,26 @@ class TimeSformer(nnx.Module):
     cls_b1td = jnp.broadcast_to(cls_bd[:, None, None, :], (b, 1, t, d))
     tokens_bltd = jnp.concatenate([cls_b1td, x_bntd], axis=1)
     tokens_bltd = self.dropout(tokens_bltd, deterministic=deterministic, rngs=rngs)
-    for block in self.blocks:
-      tokens_bltd = block.vit(tokens_bltd, 1, deterministic=deterministic, rngs=rngs)
+    tokens_bltd = self._run_blocks(tokens_bltd, deterministic, rngs)
     return tokens_bltd[:, 0].mean(axis=1)
+
+
+def _block_step(block: Block, carry, rngs, *, attention_type: str, deterministic: bool):
+  """One block on the carry of `attention_type`, constrained at the block's output."""
+  kw = dict(deterministic=deterministic, rngs=rngs)
+  if attention_type == "space_only":  # carry: tokens (B, 1 + N, T, D), per-frame ViT
+    return sharding.constrain(block.vit(carry, 1, **kw), ("batch", "length", "time", "act_embed"))
+  cls_bd, x_bntd = carry
+  if attention_type == "divided_space_time":
+    return _constrain_tokens(block.divided(cls_bd, x_bntd, **kw))
+  b, n, t, d = x_bntd.shape  # joint: one sequence [cls, (n, t) patch-major]
+  tokens_bld = jnp.concatenate([cls_bd[:, None], x_bntd.reshape(b, n * t, d)], axis=1)
+  tokens_bld = block.vit(tokens_bld, 1, **kw)
+  return _constrain_tokens((tokens_bld[:, 0], tokens_bld[:, 1:].reshape(b, n, t, d)))
+
+
+def _constrain_tokens(carry):
+  """Block-boundary sharding of (cls_bd, x_bntd): batch split, features whole."""
+  cls_bd, x_bntd = carry
+  return (sharding.constrain(cls_bd, ("batch", "act_embed")),
+          sharding.constrain(x_bntd, ("batch", "length", "time", "act_embed")))

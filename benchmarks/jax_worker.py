@@ -1,0 +1,130 @@
+"""Benchmark worker for our training step (started by `train_step.py`).
+
+Builds the train state and the jitted step exactly as the trainer does (state
+sharded by the logical rules and donated, metrics left on the device), on a
+synthetic batch that already lives on the device, and times whole steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bench_common
+from cover_jax import config_defaults, flops, optim, sharding, train_state
+from cover_jax.train_step import HeadSettings, bind_train_step
+
+_ARGS = argparse.ArgumentParser(description=__doc__)
+_ARGS.add_argument("--config", required=True)
+_ARGS.add_argument("--batch", type=int, default=0)
+_ARGS.add_argument("--dtype", default="")
+_ARGS.add_argument("--image-step", action="store_true", help="also compile and time a T=1 step")
+_ARGS.add_argument("--peak-size", type=int, default=0, help="matmul size for the peak (0: auto)")
+
+
+def main() -> None:
+  args = _ARGS.parse_args()
+  channel = bench_common.Channel()
+  # Compile times are part of the result: never read them from a cache.
+  jax.config.update("jax_enable_compilation_cache", False)
+  config = bench_common.resolve_config(args.config, args.batch, args.dtype)
+  bench = StepBench(config)
+  ready = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+           "num_devices": jax.device_count(), "jax": jax.__version__,
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), **bench.setup("video", config.frames)}
+  if args.image_step:
+    ready["image"] = bench.setup("image", 1)
+  ready["peaks"] = matmul_peaks(config.dtype, args.peak_size)
+  channel.send(ready)
+  channel.serve(bench.run_fns)
+
+
+class StepBench:
+  """One compiled train step per input kind, with its state and batch."""
+
+  def __init__(self, config: bench_common.BenchConfig):
+
+    self.config = config
+    self.model_config = config_defaults.model_config(
+        variant=f"B/{config.patch_size}", width=config.width, depth=config.depth,
+        num_heads=config.num_heads, mlp_dim=config.mlp_dim, image_size=config.image_size,
+        num_frames=config.frames, dtype=config.dtype, head_init_std=0.02)
+    opt_config = config_defaults.optimizer_config(warmup_steps=10)
+    tx = optim.build_optimizer(opt_config, total_steps=1000)
+    self.mesh = sharding.make_mesh((-1, 1, 1))
+    num_classes = {"bench": config.num_classes}
+    graphdef, _, shardings = train_state.abstract_train_state(self.model_config, num_classes,
+                                                              tx, self.mesh)
+    self.state = train_state.init_train_state(jax.random.key(0), self.model_config, num_classes,
+                                              tx, shardings)
+    step = bind_train_step(graphdef, tx, HeadSettings(("bench",), (0.0,)), (1.0,),
+                           optim.learning_rate_schedule(opt_config, 1000))
+    self.jitted = jax.jit(step, out_shardings=(shardings, sharding.replicated(self.mesh)),
+                          donate_argnums=0)
+    self.rng = jax.random.key(1)
+    self.run_fns = {}
+
+  def _batch(self, frames: int):
+
+    c = self.config
+    rng = np.random.default_rng(frames)
+    host = {"video": rng.standard_normal((c.batch, frames, c.image_size, c.image_size, 3),
+                                         np.float32),
+            "label": rng.integers(0, c.num_classes, c.batch).astype(np.int32)}
+    batch = {k: jax.device_put(v, sharding.batch_sharding(self.mesh, v.ndim))
+             for k, v in host.items()}
+    batch["dataset_index"] = jax.device_put(np.int32(0), sharding.replicated(self.mesh))
+    return (batch,)
+
+  def setup(self, kind: str, frames: int) -> dict:
+    """Compiles the step for `frames`, warms it up; returns compile time and FLOP counts."""
+
+    batches = self._batch(frames)
+    with jax.set_mesh(self.mesh):
+      start = time.perf_counter()
+      compiled = self.jitted.lower(self.state, batches, self.rng).compile()
+      compile_s = time.perf_counter() - start
+
+    def run_step():
+      self.state, metrics = compiled(self.state, batches, self.rng)
+      jax.block_until_ready(metrics)
+
+    for _ in range(3):  # warm-up: allocations, caches, first-touch
+      run_step()
+    self.run_fns[kind] = run_step
+    c = self.config
+    shape = flops.StepShape(width=c.width, depth=c.depth, mlp_dim=c.mlp_dim,
+                            patch_size=c.patch_size, batch=c.batch, frames=frames,
+                            height=c.image_size, width_px=c.image_size,
+                            num_classes=c.num_classes)
+    cost = compiled.cost_analysis() or {}
+    return {"compile_s": compile_s, "frames": frames,
+            "analytic_flops": flops.train_step_flops(shape),
+            "xla_dot_flops": flops.hlo_dot_flops(compiled.as_text()),
+            "xla_cost_flops": float(cost.get("flops", 0.0))}
+
+
+def matmul_peaks(dtype: str, size: int) -> dict:
+  """Measured matmul FLOP/s of the device: XLA's, and on CPU also NumPy's BLAS."""
+
+  on_cpu = jax.default_backend() == "cpu"
+  n = size or (2048 if on_cpu else 8192)
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
+  matmul = jax.jit(lambda x: x @ x)
+  peaks = {f"xla {dtype} {n}^2": bench_common.best_matmul_rate(
+      lambda: matmul(a).block_until_ready(), 2.0 * n ** 3)}
+  if on_cpu and dtype == "float32":
+    host = np.asarray(a)
+    peaks[f"numpy {dtype} {n}^2"] = bench_common.best_matmul_rate(lambda: host @ host,
+                                                                  2.0 * n ** 3)
+  return peaks
+
+
+if __name__ == "__main__":
+  sys.exit(main())

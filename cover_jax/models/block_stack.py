@@ -1,0 +1,164 @@
+"""How the stack of transformer blocks runs: a loop or a scan, with remat.
+
+Two memory knobs live here, both per block:
+
+* **Remat** (`remat`): which activations of a block the backward pass keeps.
+  'none' keeps everything (fastest, most memory); 'full' keeps only the
+  block's inputs and recomputes the rest in the backward pass (about one more
+  forward pass of compute, the least memory); 'dots' keeps the outputs of the
+  weight matmuls (qkv, projections, MLP) and recomputes attention maps and
+  element-wise ops (JAX's `dots_with_no_batch_dims_saveable`: attention
+  einsums have batch dimensions, weight matmuls do not).
+* **Scan over layers** (`scan_layers`): the blocks' parameters are stacked
+  along a leading `layers` axis and one block is compiled and run `depth`
+  times by `lax.scan` (compile time independent of depth). Stacked parameters
+  have other names and shapes than the per-block ones (the checkpoint
+  contract), so `stack_blocks` / `unstack_blocks` convert any tree that holds
+  them (parameters, optimizer moments, whole train states) both ways.
+
+A block step is `step(block, carry, rngs) -> carry`: the carry is whatever the
+attention type threads through the blocks (cls and patch tokens, or one token
+array).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from cover_jax import sharding
+
+# Inside a scan body, a block's parameters lose their leading `layers` axis:
+# the same for their sharding annotations.
+_LAYERS = {nnx.PARTITION_NAME: "layers"}
+
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # no rematerialisation
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def make_stacked(make_block: Callable[[nnx.Rngs], nnx.Module], depth: int,
+                 rngs: nnx.Rngs) -> nnx.Module:
+  """One module whose parameters have a leading axis of size `depth`.
+
+  The new axis is named 'layers' in every parameter's sharding annotation.
+  """
+  @nnx.split_rngs(splits=depth)
+  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=_LAYERS)
+  def make(rngs):
+    return make_block(rngs)
+  return make(rngs)
+
+
+def run_blocks(step: Callable, blocks, carry, rngs: nnx.Rngs | None, *, remat: str,
+               scanned: bool):
+  """Applies `step` block after block (a Python loop, or `nnx.scan` if `scanned`)."""
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f"remat {remat!r} not in {sorted(REMAT_POLICIES)}")
+  step = _with_gathered_params(step)
+  if remat != "none":
+    step = nnx.remat(step, policy=REMAT_POLICIES[remat], prevent_cse=not scanned)
+  if not scanned:
+    for block in blocks:
+      carry = step(block, carry, rngs)
+    return carry
+  return _scan(step, blocks, carry, rngs)
+
+
+def _with_gathered_params(step):
+  """`step` on a copy of the block whose parameters are gathered over `fsdp`."""
+  def gathered(block, carry, rngs):
+    graphdef, state = nnx.split(block)
+    return step(nnx.merge(graphdef, sharding.gather_fsdp(state)), carry, rngs)
+  return gathered
+
+
+def _scan(step, blocks, carry, rngs):
+  if rngs is None:  # deterministic: nothing random to split per layer
+    body = nnx.scan(lambda block, c: (step(block, c, None), None),
+                    in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0), transform_metadata=_LAYERS)
+    return body(blocks, carry)[0]
+  depth = _depth(blocks)
+
+  @nnx.split_rngs(splits=depth)
+  @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0), transform_metadata=_LAYERS)
+  def body(block, c, layer_rngs):
+    return step(block, c, layer_rngs), None
+  return body(blocks, carry, rngs)[0]
+
+
+def _depth(blocks) -> int:
+  return jax.tree.leaves(nnx.state(blocks, nnx.Param))[0].shape[0]
+
+
+# --- Checkpoint conversion: per-block trees <-> stacked trees ---
+
+def stack_blocks(tree: Any) -> Any:
+  """Per-block form -> scanned form, wherever a tree has a `blocks` entry.
+
+  `{..., 'blocks': {0: sub, 1: sub, ...}}` becomes `{..., 'blocks': stacked}`
+  with every leaf of `sub` stacked along a new leading axis. Works on nested
+  dicts as `nnx.to_pure_dict` gives them or as restored from a checkpoint
+  (block keys as ints or digit strings).
+  """
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key == "blocks" and isinstance(value, Mapping) and _is_block_list(value):
+      layers = [value[k] for k in sorted(value, key=int)]
+      out[key] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+    else:
+      out[key] = stack_blocks(value)
+  return out
+
+
+def unstack_blocks(tree: Any) -> Any:
+  """Scanned form -> per-block form (the inverse of `stack_blocks`)."""
+  if not isinstance(tree, Mapping):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    if key == "blocks" and isinstance(value, Mapping) and not _is_block_list(value):
+      depth = jax.tree.leaves(value)[0].shape[0]
+      out[key] = {i: jax.tree.map(lambda x, i=i: x[i], value) for i in range(depth)}
+    else:
+      out[key] = unstack_blocks(value)
+  return out
+
+
+def _is_block_list(blocks: Mapping) -> bool:
+  return bool(blocks) and all(str(k).isdigit() for k in blocks)
+
+
+class LayoutMismatchError(ValueError):
+  """Checkpoints in the workdir have the other block layout (scanned or not)."""
+
+
+def check_checkpoint_layout(directory: str, scan_layers: bool) -> None:
+  """Refuses to resume from checkpoints saved with the other `model.scan_layers`.
+
+  Such checkpoints would fail to restore and look damaged; this says why
+  instead, before anything is restored or set aside.
+  """
+  for meta_file in glob.glob(os.path.join(directory, "*", "meta", "metadata")):
+    try:
+      with open(meta_file) as f:
+        saved = json.loads(json.load(f)["config"])["model"].get("scan_layers", False)
+    except (OSError, ValueError, KeyError, TypeError):
+      continue  # unreadable metadata: the restore's own fallback deals with it
+    if bool(saved) != bool(scan_layers):
+      raise LayoutMismatchError(
+          f"{os.path.dirname(os.path.dirname(meta_file))} was saved with "
+          f"model.scan_layers={bool(saved)}, but this run has {bool(scan_layers)}. Resume with "
+          f"--config.model.scan_layers={bool(saved)} (the parameters are the same; "
+          "block_stack.stack_blocks / unstack_blocks convert trees between the layouts).")

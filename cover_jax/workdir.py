@@ -1,0 +1,79 @@
+"""Checks that the workdir can take checkpoints, before training starts.
+
+A run that trains for hours and then cannot write its first checkpoint loses
+all of it. So the trainer first writes (and fsyncs, and removes) a small probe
+file in the workdir, which fails on a read-only, unwritable or completely full
+filesystem, and then compares the free space with the size of one checkpoint
+of this model (its state's bytes plus a margin): an Orbax save needs room for
+one more checkpoint before it deletes the oldest.
+
+Only local paths are checked; a remote workdir (`gs://...`) is left to Orbax.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import jax
+import numpy as np
+
+EXIT_STATUS = 5
+_PROBE_BYTES = 1 << 16  # more than a few bytes: a nearly full disk may still take those
+_MARGIN = 1.1           # metadata, chunk padding
+_MARGIN_BYTES = 1 << 20
+
+
+class WorkdirError(OSError):
+  """The workdir cannot hold checkpoints; the message says why and what to do."""
+
+
+def is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def ensure_writable(workdir: str) -> None:
+  """Creates `workdir` if needed and proves a file can be written there."""
+  if is_remote(workdir):
+    return
+  probe = os.path.join(workdir, f".write-probe-{jax.process_index()}-{os.getpid()}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(probe, "wb") as f:
+      f.write(b"\0" * _PROBE_BYTES)
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as e:
+    raise WorkdirError(
+        f"workdir {workdir!r} is not usable: writing a file there failed "
+        f"({e.strerror or e}). Nothing was trained. Fix: make it writable or free space "
+        "there, or pass another --workdir.") from e
+  finally:
+    if os.path.exists(probe):
+      os.remove(probe)
+
+
+def checkpoint_bytes(abstract_state) -> int:
+  """Bytes of the arrays of one checkpoint of this state (all shards)."""
+  return sum(int(np.prod(leaf.shape)) * np.dtype(leaf.dtype).itemsize
+             for leaf in jax.tree.leaves(abstract_state))
+
+
+def ensure_room_for_checkpoint(directory: str, abstract_state) -> None:
+  """Raises WorkdirError if `directory`'s filesystem cannot take one more checkpoint."""
+  if is_remote(directory):
+    return
+  needed = int(checkpoint_bytes(abstract_state) * _MARGIN) + _MARGIN_BYTES
+  existing = directory
+  while not os.path.exists(existing):  # the checkpoint dir itself may not exist yet
+    existing = os.path.dirname(existing)
+  free = shutil.disk_usage(existing).free
+  if free < needed:
+    raise WorkdirError(
+        f"workdir {directory!r} has {_mib(free)} free, but one checkpoint of this model "
+        f"needs about {_mib(needed)}. Nothing was trained. Fix: free space there, or pass "
+        "another --workdir.")
+
+
+def _mib(num_bytes: int) -> str:
+  return f"{num_bytes / 2**20:.1f} MiB"
