@@ -42,6 +42,10 @@ def batch_script(args) -> str:
       f"#SBATCH --output={os.path.join(args.workdir, 'slurm-%j.out')}",
       *([f"#SBATCH --partition={args.partition}"] if args.partition else []),
       *([f"#SBATCH --account={args.account}"] if args.account else []),
+      # SIGTERM to every task this long before the time limit: the trainer saves
+      # and exits (status 4); --requeue restarts a preempted job, which resumes.
+      f"#SBATCH --signal=TERM@{args.term_seconds_before_end}",
+      "#SBATCH --requeue",
       "set -euo pipefail",
       f"cd {shlex.quote(args.repo)}",
       *_device_env(args),
@@ -68,6 +72,8 @@ def parse(argv):
                       help="one process per host (all its GPUs) or per GPU")
   parser.add_argument("--cpus_per_task", type=int, default=8)
   parser.add_argument("--time", default="24:00:00")
+  parser.add_argument("--term_seconds_before_end", type=int, default=120,
+                      help="SIGTERM (save and stop) this many seconds before --time runs out")
   parser.add_argument("--partition", default="")
   parser.add_argument("--account", default="")
   parser.add_argument("--job_name", default="cover_jax")

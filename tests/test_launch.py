@@ -62,7 +62,7 @@ def test_slurm_one_task_per_gpu():
   assert lines[1] == "sbatch <<'EOF'" and lines[-1] == "EOF"
   script = lines[2:-1]
   for directive in ("--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu",
-                    "--output=/shared/run/slurm-%j.out"):
+                    "--output=/shared/run/slurm-%j.out", "--signal=TERM@120", "--requeue"):
     assert f"#SBATCH {directive}" in script
   assert not any("JAX_LOCAL_DEVICE_IDS" in line for line in script)  # JAX: one GPU per task
   assert script[-1] == ("srun --kill-on-bad-exit=1 .venv/bin/python -m cover_jax.main "
