@@ -19,6 +19,7 @@ from flax import nnx
 
 from cover_jax import checkpoint, optim, sharding, train_state, trainer
 from cover_jax.data import synthetic
+from cover_jax.models import block_stack
 from cover_jax.config_validation import ConfigError, validate_config
 from cover_jax.pretrained import fit, loader
 from tests.helpers import REPO, load_config
@@ -187,3 +188,28 @@ def test_init_from_places_weights_in_the_sharded_state_on_eight_devices(tiny_dat
   # qkv_kernel (D, 3, H, D/H): embed over fsdp, heads over tensor; so are most parameters.
   assert "devices 8 spec P('fsdp', None, 'tensor', None)" in result.stdout
   assert int(result.stdout.split("sharded")[1]) > 40
+
+
+def _flat(tree, prefix="") -> dict:
+  if not isinstance(tree, dict):
+    return {prefix: np.asarray(tree)}
+  return {k: v for key, sub in tree.items() for k, v in _flat(sub, f"{prefix}/{key}").items()}
+
+
+@pytest.mark.parametrize("source_scanned", [False, True], ids=["loop_to_scan", "scan_to_loop"])
+def test_init_from_a_checkpoint_of_the_other_block_layout(tiny_data_dir, tmp_path,
+                                                          source_scanned):
+  layers = {"model.depth": 2}  # two blocks: the stacking order matters
+  source_config = load_config(arg="tiny=true", data_dir=tiny_data_dir, **layers,
+                              **{"model.scan_layers": source_scanned})
+  expected = _save_source_checkpoint(tmp_path / "source" / "checkpoints", source_config,
+                                     {"appearance": 12}, seed=5)
+  config = load_config(arg="tiny=true", data_dir=tiny_data_dir, init_from=str(tmp_path / "source"),
+                       **layers, **{"model.scan_layers": not source_scanned})
+  got = _pure(_setup(config, tmp_path / "finetune").state.params)["backbone"]
+  convert = block_stack.unstack_blocks if source_scanned else block_stack.stack_blocks
+  want = _flat(convert(expected["backbone"]))
+  got = _flat(got)
+  assert sorted(got) == sorted(want)
+  for key in want:
+    np.testing.assert_array_equal(got[key], want[key], err_msg=key)

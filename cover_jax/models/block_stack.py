@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from cover_jax import sharding
@@ -108,8 +109,11 @@ def stack_blocks(tree: Any) -> Any:
   `{..., 'blocks': {0: sub, 1: sub, ...}}` becomes `{..., 'blocks': stacked}`
   with every leaf of `sub` stacked along a new leading axis. Works on nested
   dicts as `nnx.to_pure_dict` gives them or as restored from a checkpoint
-  (block keys as ints or digit strings).
+  (block keys as ints or digit strings), inside lists and tuples too (an
+  optax state restored without a target is nested lists).
   """
+  if isinstance(tree, (list, tuple)):
+    return _map_sequence(stack_blocks, tree)
   if not isinstance(tree, Mapping):
     return tree
   out = {}
@@ -124,6 +128,8 @@ def stack_blocks(tree: Any) -> Any:
 
 def unstack_blocks(tree: Any) -> Any:
   """Scanned form -> per-block form (the inverse of `stack_blocks`)."""
+  if isinstance(tree, (list, tuple)):
+    return _map_sequence(unstack_blocks, tree)
   if not isinstance(tree, Mapping):
     return tree
   out = {}
@@ -134,6 +140,43 @@ def unstack_blocks(tree: Any) -> Any:
     else:
       out[key] = unstack_blocks(value)
   return out
+
+
+def unstack_flat(arrays: Mapping[str, Any]) -> dict[str, Any]:
+  """Flat '/'-joined keys: `.../blocks/<name>` (leading depth axis) -> `.../blocks/<i>/<name>`.
+
+  Per-block keys pass through unchanged; works on arrays and on shapes (tuples).
+  """
+  out = {}
+  for key, value in arrays.items():
+    prefix, sep, rest = key.partition("/blocks/")
+    if not sep or rest.split("/", 1)[0].isdigit():
+      out[key] = value
+      continue
+    depth = value[0] if isinstance(value, tuple) else value.shape[0]
+    for i in range(depth):
+      out[f"{prefix}/blocks/{i}/{rest}"] = value[1:] if isinstance(value, tuple) else value[i]
+  return out
+
+
+def stack_flat(arrays: Mapping[str, Any]) -> dict[str, Any]:
+  """The inverse of `unstack_flat` for arrays: per-block keys stacked on a leading axis."""
+  out, layers = {}, {}
+  for key, value in arrays.items():
+    prefix, sep, rest = key.partition("/blocks/")
+    index, _, name = rest.partition("/")
+    if sep and index.isdigit():
+      layers.setdefault(f"{prefix}/blocks/{name}", {})[int(index)] = value
+    else:
+      out[key] = value
+  for key, by_index in layers.items():
+    out[key] = np.stack([by_index[i] for i in sorted(by_index)])
+  return out
+
+
+def _map_sequence(fn, items):
+  mapped = [fn(x) for x in items]
+  return type(items)(*mapped) if hasattr(items, "_fields") else type(items)(mapped)  # namedtuple
 
 
 def _is_block_list(blocks: Mapping) -> bool:
@@ -160,5 +203,5 @@ def check_checkpoint_layout(directory: str, scan_layers: bool) -> None:
       raise LayoutMismatchError(
           f"{os.path.dirname(os.path.dirname(meta_file))} was saved with "
           f"model.scan_layers={bool(saved)}, but this run has {bool(scan_layers)}. Resume with "
-          f"--config.model.scan_layers={bool(saved)} (the parameters are the same; "
-          "block_stack.stack_blocks / unstack_blocks convert trees between the layouts).")
+          f"--config.model.scan_layers={bool(saved)}, or convert the checkpoint into a new "
+          "workdir first: python -m cover_jax.relayout --workdir=<this run> --output=<new dir>.")

@@ -28,7 +28,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cover_jax.models import cover, timesformer
+from cover_jax.models import block_stack, cover, timesformer
 from cover_jax.pretrained import files, fit, huggingface, orbax_init, timesformer_torch, vit_npz
 from cover_jax.pretrained.weights import PretrainedWeights, checkpoint_dims
 
@@ -149,10 +149,13 @@ def init_state_from_pretrained(config, state, params_shardings):
   fresh initialisation. The optimizer state stays as initialised: AdamW's and
   SGD's slots start at zero whatever the parameter values.
   """
-  shapes = param_shapes(state.params)
+  # Converters and fitting speak per-block keys; a scanned model gets them stacked.
+  shapes = block_stack.unstack_flat(param_shapes(state.params))
   arrays, report, weights = load_pretrained(
       config.init_from, config.init.format, config.model, shapes, heads=config.init.heads,
       head_map=config.init.head_map, posemb_resize=config.init.posemb_resize)
+  if config.model.get("scan_layers", False):
+    arrays = block_stack.stack_flat(arrays)
   logging.info("init_from %s (%s): %s", weights.path, weights.format, report.summary())
   for key, why in sorted(weights.dropped.items()):
     logging.info("init_from: not loaded: %s (%s)", key, why)

@@ -22,6 +22,7 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
+from cover_jax.models import block_stack
 from cover_jax.pretrained import files
 from cover_jax.pretrained.weights import CheckpointInfo, PretrainedWeights, flatten
 
@@ -79,7 +80,8 @@ def read(path: str) -> PretrainedWeights:
   errors = []
   for step_dir in step_dirs(path):
     try:
-      params = restore_params(step_dir)
+      # A scanned run's blocks come per block, like every other format's.
+      params = block_stack.unstack_flat(restore_params(step_dir))
     except Exception as e:  # pylint: disable=broad-except  (damage surfaces as many types)
       logging.warning("init_from: %s does not restore (%s: %s); trying an older step",
                       step_dir, type(e).__name__, e)
