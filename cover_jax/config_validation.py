@@ -287,7 +287,8 @@ def _check_augment(field, aug, crop_size: int) -> list[str]:
                         f"--config.{field}.aspect_ratio_range='(0.75, 1.333)'"))
   if aug.randaugment_layers < 0:
     out.append(_problem(f"{field}.randaugment_layers", aug.randaugment_layers,
-                        "must be >= 0 (0: RandAugment off)", f"--config.{field}.randaugment_layers=2"))
+                        "must be >= 0 (0: RandAugment off)",
+                        f"--config.{field}.randaugment_layers=2"))
   if not 0 <= aug.randaugment_magnitude <= augment.MAX_MAGNITUDE:
     out.append(_problem(f"{field}.randaugment_magnitude", aug.randaugment_magnitude,
                         "must be in [0, 10] (the RandAugment paper's scale)",
