@@ -219,8 +219,10 @@ def _equalize_channel(channel):
 
 def solarize(clip, signed_level):
   """Inverts pixels at or above a threshold that falls from 256 (level 0) to 0."""
-  threshold = 256.0 - tf.abs(signed_level) * 256.0
-  return tf.where(tf.cast(clip, tf.float32) >= threshold, 255 - clip, clip)
+  threshold = tf.math.ceil(256.0 - tf.abs(signed_level) * 256.0)
+  # Compared in uint8 (cheap); a threshold of 256 inverts nothing.
+  invert = (clip >= tf.saturate_cast(threshold, tf.uint8)) & (threshold < 256.0)
+  return tf.where(invert, 255 - clip, clip)
 
 
 def posterize(clip, signed_level):
@@ -243,15 +245,15 @@ def brightness(clip, signed_level):
 
 def sharpness(clip, signed_level):
   """Blend with PIL's 3x3 smoothing filter; border pixels stay as they are."""
+  # The filter [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as a separable 3x3 box sum
+  # plus 4x the centre: a few adds, far cheaper than a depthwise convolution on CPU.
   x = tf.cast(clip, tf.float32)
-  kernel = tf.constant([[1., 1., 1.], [1., 5., 1.], [1., 1., 1.]]) / 13.0
-  kernel = tf.tile(kernel[:, :, None, None], [1, 1, 3, 1])
-  smooth = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], padding="VALID")
-  smooth = tf.round(tf.pad(smooth, [[0, 0], [1, 1], [1, 1], [0, 0]]))
-  border = tf.pad(tf.zeros_like(smooth[:, 1:-1, 1:-1]), [[0, 0], [1, 1], [1, 1], [0, 0]],
-                  constant_values=1.0)
-  smooth = border * x + (1.0 - border) * smooth
-  return _blend(smooth, clip, _enhance_factor(signed_level))
+  columns = x[:, :-2] + x[:, 1:-1] + x[:, 2:]
+  box = columns[:, :, :-2] + columns[:, :, 1:-1] + columns[:, :, 2:]
+  smooth = (box + 4.0 * x[:, 1:-1, 1:-1]) / 13.0
+  inner = _blend(tf.round(smooth), clip[:, 1:-1, 1:-1], _enhance_factor(signed_level))
+  rows = tf.concat([clip[:, 1:-1, :1], inner, clip[:, 1:-1, -1:]], axis=2)
+  return tf.concat([clip[:, :1], rows, clip[:, -1:]], axis=1)
 
 
 def rotate(clip, signed_level):
@@ -285,12 +287,15 @@ def translate_y(clip, signed_level):
 
 
 def _transform(clip, affine) -> tf.Tensor:
-  """One affine map (output -> input pixel coordinates) for every frame, grey fill."""
+  """One affine map (output -> input pixel coordinates) for every frame, grey fill.
+
+  Nearest-neighbour on the uint8 frames, as TF's and big_vision's RandAugment:
+  about 3x cheaper than bilinear on float copies.
+  """
   transform = tf.cast(tf.stack(affine + [0.0, 0.0])[None], tf.float32)
-  out = tf.raw_ops.ImageProjectiveTransformV3(
-      images=tf.cast(clip, tf.float32), transforms=transform, output_shape=tf.shape(clip)[1:3],
-      fill_value=_FILL, interpolation="BILINEAR", fill_mode="CONSTANT")
-  return tf.saturate_cast(tf.round(out), tf.uint8)
+  return tf.raw_ops.ImageProjectiveTransformV3(
+      images=clip, transforms=transform, output_shape=tf.shape(clip)[1:3],
+      fill_value=_FILL, interpolation="NEAREST", fill_mode="CONSTANT")
 
 
 # name -> op(clip uint8, signed level in [-1, 1]) -> clip uint8. Unsigned ops
