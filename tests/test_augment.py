@@ -178,7 +178,7 @@ def test_randaugment_same_ops_for_every_frame_and_seeded():
   assert changed >= 6  # only identity twice leaves a clip as it was
 
 
-def test_randaugment_draws_ops_uniformly():
+def test_randaugment_draws_many_different_ops():
   # One op at full strength per seed: many different ops must show up.
   clip = _clip(frames=1)
   results = {augment.randaugment(clip, 1, 10, _seed(s)).numpy().tobytes() for s in range(60)}
