@@ -93,6 +93,9 @@ def _synthetic_dataset(name: str, tiny: bool) -> ml_collections.ConfigDict:
       eval_batch_size=8 if tiny else 64,
       weight=weight,                 # mixture sampling weight (loss weight in 'all')
       label_smoothing=0.0,
+      # Training augmentation and mixup/cutmix (data/augment.py, mixup.py); the
+      # default is the plain random crop (+ flip where `flip` allows it).
+      augment=config_defaults.augment_config(),
       shuffle_buffer=256 if tiny else 2048,
       cache=True,                    # keep decoded data in memory (small sets)
       # How the embedded dataset is generated (frames and pixels as stored).

@@ -108,6 +108,41 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def augment_config(**overrides) -> ml_collections.ConfigDict:
+  """A dataset's training augmentation (`config.datasets.<name>.augment`).
+
+  The crop, RandAugment and flip act on tf.data (data/augment.py); mixup and
+  cutmix act on device in the train step (mixup.py). The flip policy is the
+  dataset's own `flip` field. The defaults are the plain random crop, nothing else.
+  """
+  fields = dict(
+      # crop: a random crop_size window of the stored frames;
+      # scale_jitter: short side resized to a random size in short_side_range,
+      #   then a random crop (SlowFast/TimeSformer: (256, 320) -> 224);
+      # random_resized_crop: a box of random area (area_range, fraction of the
+      #   frame) and aspect ratio (aspect_ratio_range, w/h), resized to crop_size;
+      # inception: the same ranges through tf.image's sample_distorted_bounding_box
+      #   (big_vision's inception_crop, for images; big_vision uses area (0.05, 1)).
+      kind="crop",
+      short_side_range=(256, 320),
+      area_range=(0.08, 1.0),
+      aspect_ratio_range=(3 / 4, 4 / 3),
+      # RandAugment: this many ops per clip (0: off), all frames alike, at this
+      # magnitude on the paper's 0..10 scale (9 is the common ImageNet setting).
+      randaugment_layers=0,
+      randaugment_magnitude=9.0,
+      # Mixup / cutmix within each batch, in the train step. alpha 0 turns one
+      # off. mix_prob: probability that a batch is mixed at all; switch_prob:
+      # probability of cutmix rather than mixup when both are on (timm's
+      # defaults for video: mixup 0.8, cutmix 1.0, switch 0.5).
+      mixup_alpha=0.0,
+      cutmix_alpha=0.0,
+      mix_prob=1.0,
+      switch_prob=0.5)
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)
+
+
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
   """Warm-up + cosine schedule, AdamW or SGD, global-norm clipping (optim.py)."""
   fields = dict(

@@ -255,7 +255,62 @@ def _check_dataset(field, ds, builders, model, num_devices, process_count) -> li
   if not 0.0 <= ds.label_smoothing < 1.0:
     out.append(_problem(f"{field}.label_smoothing", ds.label_smoothing, "must be in [0, 1)",
                         f"--config.{field}.label_smoothing=0.1"))
+  if "augment" in ds:
+    out += _check_augment(f"{field}.augment", ds.augment, ds.crop_size)
   return out
+
+
+def _check_augment(field, aug, crop_size: int) -> list[str]:
+  """A dataset's `augment` fields (data/augment.py, mixup.py)."""
+  from cover_jax.data import augment  # pylint: disable=import-outside-toplevel
+
+  out = []
+  if aug.kind not in augment.KINDS:
+    out.append(_problem(f"{field}.kind", aug.kind, f"allowed: {', '.join(augment.KINDS)}",
+                        f"--config.{field}.kind=crop"))
+  low, high = _pair(aug.short_side_range)
+  if aug.kind == "scale_jitter" and not crop_size <= low <= high:
+    out.append(_problem(f"{field}.short_side_range", aug.short_side_range,
+                        f"need crop_size ({crop_size}) <= min <= max: the resized short side "
+                        "must hold the crop",
+                        f"--config.{field}.short_side_range='({crop_size * 8 // 7}, "
+                        f"{crop_size * 10 // 7})'"))
+  low, high = _pair(aug.area_range)
+  if not 0 < low <= high <= 1:
+    out.append(_problem(f"{field}.area_range", aug.area_range,
+                        "fractions of the frame's area with 0 < min <= max <= 1",
+                        f"--config.{field}.area_range='(0.08, 1.0)'"))
+  low, high = _pair(aug.aspect_ratio_range)
+  if not 0 < low <= high:
+    out.append(_problem(f"{field}.aspect_ratio_range", aug.aspect_ratio_range,
+                        "width/height ratios with 0 < min <= max",
+                        f"--config.{field}.aspect_ratio_range='(0.75, 1.333)'"))
+  if aug.randaugment_layers < 0:
+    out.append(_problem(f"{field}.randaugment_layers", aug.randaugment_layers,
+                        "must be >= 0 (0: RandAugment off)",
+                        f"--config.{field}.randaugment_layers=2"))
+  if not 0 <= aug.randaugment_magnitude <= augment.MAX_MAGNITUDE:
+    out.append(_problem(f"{field}.randaugment_magnitude", aug.randaugment_magnitude,
+                        "must be in [0, 10] (the RandAugment paper's scale)",
+                        f"--config.{field}.randaugment_magnitude=9"))
+  for name in ("mixup_alpha", "cutmix_alpha"):
+    if aug[name] < 0:
+      out.append(_problem(f"{field}.{name}", aug[name], "must be >= 0 (0: off)",
+                          f"--config.{field}.{name}=0.8"))
+  for name in ("mix_prob", "switch_prob"):
+    if not 0 <= aug[name] <= 1:
+      out.append(_problem(f"{field}.{name}", aug[name], "a probability must be in [0, 1]",
+                          f"--config.{field}.{name}=0.5"))
+  return out
+
+
+def _pair(value) -> tuple[float, float]:
+  """(min, max) of a 2-element range field; (nan, nan) when malformed, so checks fail."""
+  try:
+    low, high = value
+    return float(low), float(high)
+  except (TypeError, ValueError):
+    return math.nan, math.nan
 
 
 def _check_frames(field, ds, is_video: bool) -> list[str]:

@@ -11,6 +11,9 @@ compiled step: a run compiles once per distinct input shape (e.g. once for
 
 A step takes a tuple of per-dataset batches: one in 'sample' mixture mode, one
 per dataset in 'all' mode, with the loss a weighted sum.
+
+Mixup / cutmix (mixup.py), where a dataset's config turns them on, mix each
+batch inside the step, before the loss; the loss then uses soft targets.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cover_jax import grad_accum, nonfinite
+from cover_jax import grad_accum, mixup as mixup_lib, nonfinite
 
 
 @flax.struct.dataclass
@@ -42,25 +45,41 @@ class HeadSettings:
   label_smoothing: tuple[float, ...] = flax.struct.field(pytree_node=False)
 
 
-def classification_loss(logits, labels, label_smoothing: float):
-  """Mean softmax cross-entropy with label smoothing, and top-1 hits."""
-  one_hot = jax.nn.one_hot(labels, logits.shape[-1])
-  if label_smoothing > 0:
-    one_hot = optax.smooth_labels(one_hot, label_smoothing)
-  loss = optax.softmax_cross_entropy(logits, one_hot).mean()
+def classification_loss(logits, labels, label_smoothing: float, labels_mix=None,
+                        mix_weight=None):
+  """Mean softmax cross-entropy with label smoothing, and top-1 hits.
+
+  With `labels_mix` and `mix_weight` (a mixup/cutmix batch, mixup.py) the
+  targets are the mixed smoothed one-hots and top-1 counts the dominant label.
+  """
+  if labels_mix is not None:
+    targets = mixup_lib.soft_targets(labels, labels_mix, mix_weight, logits.shape[-1],
+                                 label_smoothing)
+    labels = mixup_lib.dominant_label(labels, labels_mix, mix_weight)
+  else:
+    targets = jax.nn.one_hot(labels, logits.shape[-1])
+    if label_smoothing > 0:
+      targets = optax.smooth_labels(targets, label_smoothing)
+  loss = optax.softmax_cross_entropy(logits, targets).mean()
   top1 = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32).mean()
   return loss, top1
 
 
-def _head_loss(model, features_bd, labels, dataset_index, heads: HeadSettings):
+_TARGET_KEYS = ("label", "label_mix", "mix_weight")
+
+
+def _head_loss(model, features_bd, batch: dict, heads: HeadSettings):
   """Loss and top-1 through the head of the batch's dataset (`lax.switch`)."""
+  targets = {k: batch[k] for k in _TARGET_KEYS if k in batch}
+
   def branch(i):
-    def f(features, y):
+    def f(features, t):
       logits = model.heads[heads.dataset_names[i]](features)
-      return classification_loss(logits, y, heads.label_smoothing[i])
+      return classification_loss(logits, t["label"], heads.label_smoothing[i],
+                                 t.get("label_mix"), t.get("mix_weight"))
     return f
   branches = [branch(i) for i in range(len(heads.dataset_names))]
-  return jax.lax.switch(dataset_index, branches, features_bd, labels)
+  return jax.lax.switch(batch["dataset_index"], branches, features_bd, targets)
 
 
 def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings, poison=1.0):
@@ -69,7 +88,7 @@ def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings, 
   for i, (batch, weight) in enumerate(zip(batches, loss_weights)):
     rngs = nnx.Rngs(dropout=jax.random.fold_in(rng, i))
     features = model.backbone(batch["video"], deterministic=False, rngs=rngs)
-    loss, top1 = _head_loss(model, features, batch["label"], batch["dataset_index"], heads)
+    loss, top1 = _head_loss(model, features, batch, heads)
     loss = loss * poison  # exactly 1.0 unless nonfinite.inject_at_step (nonfinite.py)
     total += weight * loss
     losses.append(loss)
@@ -80,7 +99,8 @@ def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings, 
 def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *,
                graphdef, tx: optax.GradientTransformation, heads: HeadSettings,
                loss_weights: tuple[float, ...], learning_rate_fn, micro_batches: int = 1,
-               skip_nonfinite: bool = False, inject_nonfinite_at_step: int = -1):
+               skip_nonfinite: bool = False, inject_nonfinite_at_step: int = -1,
+               mixup: mixup_lib.MixupSettings | None = None):
   """One optimizer step on `batches` (a tuple of per-dataset batches).
 
   Each batch is {'video': (B, T, H, W, 3) float, 'label': (B,) int,
@@ -91,8 +111,14 @@ def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *,
   every batch (grad_accum.py); the step's result is the same up to float order.
   With `skip_nonfinite`, a step whose loss or gradient is not finite leaves
   params and optimizer state unchanged (the step counter still advances).
+  With `mixup` (per-dataset settings, mixup.py) every batch is mixed first,
+  with an RNG folded from the step's; `None` or all-off settings leave the
+  step exactly as without.
   """
   step_rng = jax.random.fold_in(rng, state.step)
+  if mixup is not None and mixup.enabled:
+    batches = mixup_lib.mix_batches(batches, jax.random.fold_in(step_rng, mixup_lib.MIX_STREAM),
+                                    mixup)
   poison = nonfinite.poison_factor(state.step, inject_nonfinite_at_step)
   loss_fn = lambda params, batches, rng: _loss_fn(params, graphdef, batches, loss_weights,
                                                    rng, heads, poison)
@@ -137,9 +163,10 @@ def _masked_counts(logits, labels, mask):
 
 
 def bind_train_step(graphdef, tx, heads: HeadSettings, loss_weights, learning_rate_fn,
-                    nonfinite_config=None, micro_batches: int = 1):
+                    nonfinite_config=None, micro_batches: int = 1,
+                    mixup: mixup_lib.MixupSettings | None = None):
   """`train_step` with its constants bound; `nonfinite_config` is `config.nonfinite`."""
-  extra = {}
+  extra = {"mixup": mixup}
   if nonfinite_config is not None:
     extra = dict(skip_nonfinite=nonfinite_config.policy == "skip",
                  inject_nonfinite_at_step=int(nonfinite_config.inject_at_step))

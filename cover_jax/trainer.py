@@ -40,9 +40,9 @@ import jax
 import numpy as np
 from clu import periodic_actions
 
-from cover_jax import checkpoint, evaluate, mixture, optim, sharding, train_state, writers
+from cover_jax import checkpoint, evaluate, mixture, mixup, optim, sharding, train_state, writers
 from cover_jax import nonfinite, preemption, resume_checks, workdir as workdir_checks
-from cover_jax.data import pipeline, shards
+from cover_jax.data import augment, pipeline, shards
 from cover_jax.models import block_stack
 from cover_jax.pretrained import loader as pretrained_loader
 from cover_jax.train_step import HeadSettings, bind_train_step, eval_step
@@ -157,7 +157,9 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
   step = bind_train_step(graphdef, tx, heads, mix.loss_weights(names_per_step),
                          optim.learning_rate_schedule(config.optimizer, config.total_steps),
                          nonfinite_config=config.nonfinite,
-                         micro_batches=config.grad_accum_steps)
+                         micro_batches=config.grad_accum_steps,
+                         mixup=mixup.settings_from_configs(
+                             augment.config_of(specs[n].config) for n in names))
   replicated = sharding.replicated(mesh)
   step_fn = jax.jit(sharding.with_rules(step, rules), out_shardings=(state_shardings, replicated),
                     donate_argnums=0)

@@ -1,8 +1,9 @@
 """One tf.data pipeline per dataset: frames in, normalised clip batches out.
 
 train: random clip of T frames at a stride (looping videos shorter than the
-       clip) -> random crop (same window for every frame) -> random horizontal
-       flip where the dataset allows it -> normalise -> batch.
+       clip) -> the dataset's augmentation (augment.py: crop / scale jitter /
+       random resized crop, flip where the dataset allows it, RandAugment; the
+       same for every frame) -> normalise -> batch.
 eval:  the centre clip -> centre crop -> normalise -> padded batches with a
        `mask`, so every process runs the same number of full batches.
 
@@ -21,7 +22,8 @@ import zlib
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cover_jax.data import builders
+from cover_jax.data import augment, builders
+from cover_jax.data.augment import random_crop, random_flip  # noqa: F401  (pipeline's API)
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -101,22 +103,10 @@ def sample_centre_clip(frames, num_frames: int, stride: int) -> tf.Tensor:
   return tf.gather(frames, clip_indices(available, num_frames, stride, start))
 
 
-def random_crop(clip, size: int, seed) -> tf.Tensor:
-  """The same random size x size window for every frame of the clip."""
-  shape = tf.shape(clip)
-  return tf.image.stateless_random_crop(clip, [shape[0], size, size, shape[3]], seed)
-
-
 def centre_crop(clip, size: int) -> tf.Tensor:
   shape = tf.shape(clip)
   top, left = (shape[1] - size) // 2, (shape[2] - size) // 2
   return clip[:, top:top + size, left:left + size, :]
-
-
-def random_flip(clip, seed) -> tf.Tensor:
-  """Flips the whole clip (never frame by frame) with probability 1/2."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
-  return tf.cond(flip, lambda: tf.reverse(clip, axis=[2]), lambda: clip)
 
 
 def normalise(clip, mean, std) -> tf.Tensor:
@@ -133,6 +123,7 @@ def train_dataset(spec: DatasetSpec, *, global_seed: int, mean, std, process_ind
       resuming): the stream continues exactly where such a run would be.
   """
   cfg = spec.config
+  aug_cfg = augment.config_of(cfg)
   local_batch = cfg.batch_size // process_count
   seed = dataset_seed(global_seed, spec.name, process_index)
   ds = _read(spec, "train", process_index, process_count, drop_remainder=True)
@@ -142,16 +133,15 @@ def train_dataset(spec: DatasetSpec, *, global_seed: int, mean, std, process_ind
   first_example = start_batch * local_batch
   ds = ds.skip(first_example)
 
-  def augment(index, example):
+  def sample_and_augment(index, example):
     seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 3)
     clip = sample_train_clip(example["frames"], cfg.num_frames, cfg.stride, seeds[0])
-    clip = random_crop(clip, cfg.crop_size, seeds[1])
-    if cfg.flip:
-      clip = random_flip(clip, seeds[2])
+    clip = augment.train_augment(clip, aug_cfg, crop_size=cfg.crop_size, flip=cfg.flip,
+                                 crop_seed=seeds[1], flip_seed=seeds[2])
     return {"video": normalise(clip, mean, std), "label": example["label"]}
 
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(first_example), ds)
-  ds = ds.map(augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.map(sample_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   return _with_options(ds).prefetch(AUTOTUNE)
 
