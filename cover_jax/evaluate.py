@@ -120,7 +120,7 @@ def format_table(results: Mapping[str, Mapping[str, float]], num_classes: Mappin
                  f"{train:>10} {views[name]:>5} {r['clip_top1']:>9.1%} {r['video_top1']:>10.1%} "
                  f"{r['video_top5']:>10.1%} {r['num_videos']:>7} "
                  f"{r.get('skipped_records', 0):>7}")
-  lines.append("(views: K clips x S crops per test video; clip top1: each view scored alone; "
-               "video top1/top5: the views' logits averaged per video, the number papers "
-               "report; train: mean over the last logging window)")
+  lines.append("(views: K clips x S crops per test video; clip top1: each view scored alone;\n"
+               " video top1/top5: the views' logits averaged per video, the number papers report;\n"
+               " train: mean over the last logging window)")
   return "\n".join(lines)
