@@ -78,26 +78,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _synthetic_dataset(name: str, tiny: bool) -> ml_collections.ConfigDict:
+  """The demo's settings; every other field keeps config_defaults.dataset_config's default."""
   source, classes, is_video, flip, weight = DEMO_DATASETS[name]
-  frames = 4 if is_video else 1
-  return ml_collections.ConfigDict(dict(
+  return config_defaults.dataset_config(
       source=source,
       num_classes=classes,
-      num_frames=frames,             # frames per clip
+      num_frames=4 if is_video else 1,
       # Temporal stride: 4 frames at stride 4 span 13 of the 16 stored frames.
       stride=(2 if tiny else 4) if is_video else 1,
-      crop_size=16 if tiny else 32,  # training crop / eval centre crop
-      flip=flip,                     # random horizontal flip in training
-      # Global batch size; a 1-frame image costs 1/4 of a clip, so images get more.
+      crop_size=16 if tiny else 32,
+      flip=flip,
+      # A 1-frame image costs 1/4 of a clip, so images get bigger batches.
       batch_size=8 if tiny else (32 if is_video else 64),
       eval_batch_size=8 if tiny else 64,
-      weight=weight,                 # mixture sampling weight (loss weight in 'all')
-      label_smoothing=0.0,
-      # Training augmentation and mixup/cutmix (data/augment.py, mixup.py); the
-      # default is the plain random crop (+ flip where `flip` allows it).
-      augment=config_defaults.augment_config(),
+      eval_split="test",
+      weight=weight,
       shuffle_buffer=256 if tiny else 2048,
-      cache=True,                    # keep decoded data in memory (small sets)
+      cache=True,                    # small sets: keep the encoded frames in memory
       # How the embedded dataset is generated (frames and pixels as stored).
       synthetic=ml_collections.ConfigDict(dict(
           num_train=(16 if tiny else 1200) * (2 if not is_video else 1),
@@ -105,7 +102,7 @@ def _synthetic_dataset(name: str, tiny: bool) -> ml_collections.ConfigDict:
           num_frames=8 if tiny else 16,
           size=20 if tiny else 40,
           seed=0)),
-  ))
+  )
 
 
 def sweep_learning_rate():

@@ -151,3 +151,51 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
       grad_clip_norm=1.0)
   fields.update(overrides)
   return ml_collections.ConfigDict(fields)
+
+
+def dataset_config(**overrides) -> ml_collections.ConfigDict:
+  """One entry of `config.datasets`: where its data is and how it is read and evaluated.
+
+  Sources (data/sources.py): an embedded synthetic set ('synthetic_appearance',
+  'synthetic_motion', 'synthetic_images'); 'dmvr' (DMVR-format SequenceExample
+  records: our prepare tool's or DMVR's own); 'tfds' (any prepared TFDS dataset
+  by `tfds_name` in config.data_dir, e.g. 'cover_kinetics/k400', 'imagenet2012';
+  never downloaded at run time); 'image_folder' (`<path>/<split>/<class>/<image>`,
+  or `<path>/<class>/<image>` for a split without its own folder); 'image_records'
+  (tf.train.Example with image/encoded + image/class/label).
+  """
+  fields = dict(
+      source="dmvr",
+      path="",                 # dmvr / image_folder / image_records: the dataset directory
+      tfds_name="",            # tfds: 'name' or 'name/config' (e.g. 'cover_kinetics/k400')
+      # dmvr / image_records: record files of a split, relative to `path`.
+      file_pattern="{split}-*",
+      train_split="train",
+      eval_split="test",       # prepared Kinetics/SSv2/MiT and ImageNet: 'validation'
+      # image_records: added to image/class/label (-1 for TF-slim ImageNet records,
+      # whose labels start at 1).
+      label_offset=0,
+      num_classes=0,           # must match the class list (classes.txt / TFDS / folders)
+      num_frames=8,            # frames per clip; 1 for images
+      stride=1,                # temporal stride between the clip's frames (sampling='stride')
+      # 'stride': T frames at `stride` from a random (train) / evenly spaced (eval)
+      # start; 'segment': one frame from each of T equal segments of the whole
+      # video (TSN style; TimeSformer's SSv2 sampling).
+      sampling="stride",
+      crop_size=224,           # training crop and eval crops (the model's resolution)
+      flip=True,               # random horizontal flip in training; never for SSv2-like data
+      batch_size=64,           # global training batch
+      eval_batch_size=64,      # global eval batch in VIDEOS (each gives eval_clips*eval_crops views)
+      eval_clips=1,            # K temporal clips per test video, evenly spaced
+      eval_crops=1,            # S spatial crops per clip (1 centre, or 3 along the long side)
+      eval_short_side=0,       # eval frames resized to this short side first; 0: as stored
+      weight=1.0,              # mixture sampling weight (loss weight in 'all' mode)
+      label_smoothing=0.0,
+      shuffle_buffer=2048,     # records (still JPEG-encoded) in the shuffle buffer
+      cache=False,             # keep the (encoded) records in memory: small sets only
+      # Training augmentation and mixup/cutmix (data/augment.py, mixup.py); the
+      # default is the plain random crop (+ flip where `flip` allows it).
+      augment=augment_config(),
+  )
+  fields.update(overrides)
+  return ml_collections.ConfigDict(fields)

@@ -223,16 +223,15 @@ def _check_datasets(config, num_devices: int, process_count: int) -> list[str]:
 
 
 def _check_dataset(field, ds, builders, model, num_devices, process_count) -> list[str]:
-  if ds.source not in builders.SOURCES:
-    return [_problem(f"{field}.source", ds.source, f"unknown source; known: {sorted(builders.SOURCES)}",
-                     f"--config.{field}.source={sorted(builders.SOURCES)[0]}")]
-  out = []
-  is_video = builders.IS_VIDEO[ds.source]
-  expected_classes = builders.num_classes(ds.source)
-  if ds.num_classes != expected_classes:
-    out.append(_problem(f"{field}.num_classes", ds.num_classes,
-                        f"source {ds.source} has {expected_classes} classes",
-                        f"--config.{field}.num_classes={expected_classes}"))
+  from cover_jax.data import sources
+
+  if ds.source not in sources.SOURCES:
+    return [_problem(f"{field}.source", ds.source, f"unknown source; known: {list(sources.SOURCES)}",
+                     f"--config.{field}.source=dmvr")]
+  out = _check_source_fields(field, ds, builders)
+  # Images are 1-frame videos; a 'tfds' dataset's kind is known once it is opened.
+  is_video = {"dmvr": True, "image_folder": False, "image_records": False}.get(
+      ds.source, builders.IS_VIDEO.get(ds.source))
   devices_per_batch = math.lcm(num_devices, process_count)
   for bs_field in ("batch_size", "eval_batch_size"):
     bs = ds[bs_field]
@@ -241,7 +240,9 @@ def _check_dataset(field, ds, builders, model, num_devices, process_count) -> li
                           f"must be a positive multiple of the {num_devices} device(s) and "
                           f"{process_count} process(es) so every device gets an equal share",
                           f"--config.{field}.{bs_field}={_round_to(bs, devices_per_batch)}"))
-  out += _check_frames(field, ds, is_video)
+  if is_video is not None:
+    out += _check_frames(field, ds, is_video)
+  out += _check_eval_views(field, ds)
   patch = timesformer.decode_variant(model.variant).patch_size if _variant_ok(model) else 1
   stored = ds.synthetic.size if "synthetic" in ds else None
   if ds.crop_size <= 0 or ds.crop_size % patch:
@@ -311,6 +312,50 @@ def _pair(value) -> tuple[float, float]:
     return float(low), float(high)
   except (TypeError, ValueError):
     return math.nan, math.nan
+
+
+def _check_source_fields(field, ds, builders) -> list[str]:
+  """Per-source fields: synthetic class counts, a path or a TFDS name, a class count."""
+  if ds.source in builders.SOURCES:
+    expected = builders.num_classes(ds.source)
+    if ds.num_classes != expected:
+      return [_problem(f"{field}.num_classes", ds.num_classes,
+                       f"source {ds.source} has {expected} classes",
+                       f"--config.{field}.num_classes={expected}")]
+    return []
+  out = []
+  if ds.source == "tfds" and not ds.tfds_name:
+    out.append(_problem(f"{field}.tfds_name", ds.tfds_name, "source 'tfds' needs a dataset name",
+                        f"--config.{field}.tfds_name=imagenet2012"))
+  if ds.source != "tfds" and not ds.path:
+    out.append(_problem(f"{field}.path", ds.path, f"source {ds.source!r} reads a directory",
+                        f"--config.{field}.path=/data/<dataset>, or the config file's data= "
+                        "argument"))
+  if ds.num_classes < 1:
+    out.append(_problem(f"{field}.num_classes", ds.num_classes, "must be the dataset's class "
+                        "count", f"--config.{field}.num_classes=400"))
+  return out
+
+
+EVAL_CROPS = (1, 3)
+SAMPLINGS = ("stride", "segment")
+
+
+def _check_eval_views(field, ds) -> list[str]:
+  out = []
+  if ds.eval_clips < 1:
+    out.append(_problem(f"{field}.eval_clips", ds.eval_clips, "must be >= 1",
+                        f"--config.{field}.eval_clips=1"))
+  if ds.eval_crops not in EVAL_CROPS:
+    out.append(_problem(f"{field}.eval_crops", ds.eval_crops, "must be 1 (centre) or 3 (along "
+                        "the long side)", f"--config.{field}.eval_crops=3"))
+  if ds.sampling not in SAMPLINGS:
+    out.append(_problem(f"{field}.sampling", ds.sampling, f"allowed: {', '.join(SAMPLINGS)}",
+                        f"--config.{field}.sampling=stride"))
+  elif ds.sampling == "segment" and ds.eval_clips != 1:
+    out.append(_problem(f"{field}.eval_clips", ds.eval_clips, "segment sampling covers the whole "
+                        "video with one clip", f"--config.{field}.eval_clips=1"))
+  return out
 
 
 def _check_frames(field, ds, is_video: bool) -> list[str]:

@@ -14,7 +14,8 @@ Exit status: 0 done; 1 nothing to evaluate (--mode=eval without a checkpoint);
 2 invalid config, or one that does not fit the workdir's checkpoint; 3 a loss
 or gradient became NaN/Inf; 4 preempted (SIGTERM): a checkpoint was saved, run
 the same command again; 5 the workdir cannot take checkpoints (unwritable,
-full).
+full); 6 a dataset cannot be read (no examples, not prepared, none of its first
+records decodes, or its classes.txt disagrees with its records).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
+DATASET_EXIT_STATUS = 6  # a dataset cannot be read (see the module docstring)
 
 
 class _QuietLibraries:
@@ -64,6 +66,7 @@ def main(argv):
 
   from cover_jax import (config_validation, distributed, preemption, resume_checks, trainer,
                          workdir)
+  from cover_jax.data import class_list, pipeline
   from cover_jax.models import block_stack
   from cover_jax.pretrained.weights import PretrainedError
 
@@ -85,7 +88,7 @@ def main(argv):
   logging.info("config:\n%s", config)
   # What each failure means for the user: (exception, exit status, message prefix).
   # Statuses: 1 nothing to evaluate, 2 the config does not fit, 3 non-finite loss,
-  # 4 preempted (checkpoint saved), 5 unusable workdir.
+  # 4 preempted (checkpoint saved), 5 unusable workdir, 6 unreadable dataset.
   failures = (
       (block_stack.LayoutMismatchError, 2, "error: "),  # scanned vs unscanned workdir
       (resume_checks.ResumeConfigError, 2, "error: "),
@@ -94,6 +97,8 @@ def main(argv):
       (trainer.NonFiniteLossError, 3, "error: "),
       (preemption.Preempted, preemption.EXIT_STATUS, ""),
       (workdir.WorkdirError, workdir.EXIT_STATUS, "error: "),
+      (pipeline.DatasetError, DATASET_EXIT_STATUS, "error: "),
+      (class_list.ClassListError, DATASET_EXIT_STATUS, "error: "),
   )
   try:
     if _MODE.value == "eval":

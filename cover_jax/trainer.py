@@ -45,7 +45,7 @@ from cover_jax import nonfinite, preemption, resume_checks, workdir as workdir_c
 from cover_jax.data import augment, pipeline, shards
 from cover_jax.models import block_stack
 from cover_jax.pretrained import loader as pretrained_loader
-from cover_jax.train_step import HeadSettings, bind_train_step, eval_step
+from cover_jax.train_step import HeadSettings, bind_train_step
 
 NonFiniteLossError = nonfinite.NonFiniteLossError
 
@@ -70,6 +70,7 @@ class _Run:
   ckpt: checkpoint.Checkpointer
   writer: object
   eval_datasets: dict = dataclasses.field(default_factory=dict)  # built on first use
+  skip_counters: dict = dataclasses.field(default_factory=dict)  # dataset -> [SkipCounter]
   resumed_meta: dict | None = None  # meta of the checkpoint resumed from
   rules: tuple = sharding.LOGICAL_AXIS_RULES  # logical axis -> mesh axes (config.axis_rules)
 
@@ -77,7 +78,7 @@ class _Run:
 @dataclasses.dataclass
 class Outcome:
   """What a training run ends with."""
-  results: dict[str, dict[str, float]]  # dataset -> test top1/top5/loss/num_examples
+  results: dict[str, dict[str, float]]  # dataset -> evaluate.evaluate_dataset's dict
   train_top1: dict[str, float]          # dataset -> train top-1 of the last logging window
   train_step_compilations: int          # one per distinct input shape
 
@@ -91,8 +92,7 @@ def train_and_evaluate(config, workdir: str) -> Outcome:
     compilations = run.step_fn._cache_size()  # pylint: disable=protected-access
     logging.info("train step compiled %d time(s)", compilations)
     results = _evaluate_all(run, run.state, step=config.total_steps)
-    table = evaluate.format_table(results, {n: s.config.num_classes for n, s in run.specs.items()},
-                                  train_top1)
+    table = _table(run, results, train_top1)
     if jax.process_index() == 0:
       print("\nFinal accuracy after %d steps:\n%s" % (config.total_steps, table), flush=True)
       with open(os.path.join(workdir, "results.txt"), "w") as f:
@@ -109,12 +109,18 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, dict[str, float]]:
   try:
     results = _evaluate_all(run, run.state, step=run.start_step)
     if jax.process_index() == 0:
-      print(evaluate.format_table(results, {n: s.config.num_classes for n, s in run.specs.items()},
-                                  {}), flush=True)
+      print(_table(run, results, {}), flush=True)
     return results
   finally:
     run.ckpt.close()
     run.writer.close()
+
+
+def _table(run: _Run, results, train_top1) -> str:
+  views = {n: f"{pipeline.num_eval_views(s.config) // s.config.eval_crops}x{s.config.eval_crops}"
+           for n, s in run.specs.items()}
+  return evaluate.format_table(results, {n: s.config.num_classes for n, s in run.specs.items()},
+                               train_top1, views)
 
 
 def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
@@ -163,8 +169,8 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
   replicated = sharding.replicated(mesh)
   step_fn = jax.jit(sharding.with_rules(step, rules), out_shardings=(state_shardings, replicated),
                     donate_argnums=0)
-  eval_fn = jax.jit(sharding.with_rules(functools.partial(eval_step, graphdef=graphdef,
-                                                          heads=heads), rules),
+  eval_fn = jax.jit(sharding.with_rules(functools.partial(
+      evaluate.multiview_eval_step, graphdef=graphdef, heads=heads), rules),
                     out_shardings=replicated)
   writer = writers.create_writer(workdir, jax.process_index())
   return _Run(config, workdir, mesh, specs, heads, mix, state, start_step, step_fn, eval_fn,
@@ -200,10 +206,16 @@ def _train_iterators(run: _Run, consumed: dict[str, int]) -> dict:
   owned = shards.owned_shards(num_shards, jax.process_index(), jax.process_count())
 
   def reader(spec):
-    return lambda shard: pipeline.train_dataset(
-        spec, global_seed=cfg.seed, mean=cfg.input.mean, std=cfg.input.std,
-        process_index=shard, process_count=num_shards,
-        start_batch=consumed[spec.name]).as_numpy_iterator()
+    def read(shard):
+      batches = pipeline.train_dataset(
+          spec, global_seed=cfg.seed, mean=cfg.input.mean, std=cfg.input.std,
+          process_index=shard, process_count=num_shards,
+          start_batch=consumed[spec.name]).as_numpy_iterator()
+      local_batch = spec.config.batch_size // num_shards
+      counter = pipeline.SkipCounter(spec.name, batches, consumed[spec.name] * local_batch)
+      run.skip_counters.setdefault(spec.name, []).append(counter)
+      return counter
+    return read
   return {name: shards.concatenated(reader(spec), owned) for name, spec in run.specs.items()}
 
 
@@ -309,6 +321,8 @@ def _due(done: int, every: int, last: int | None) -> bool:
 
 def _log_train(run: _Run, tracked: _TrainMetrics, done: int, last_log):
   scalars = tracked.summary()
+  for name, counters in run.skip_counters.items():  # since this process started
+    scalars[f"train/{name}/skipped_records"] = float(sum(c.skipped for c in counters))
   run.writer.write_scalars(done, scalars)
   now = time.monotonic()
   steps_per_sec = (done - last_log[0]) / max(now - last_log[1], 1e-9)
@@ -328,18 +342,17 @@ def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
   to_device = functools.partial(_to_device, run.mesh, rules=run.rules)
   with jax.set_mesh(run.mesh):
     for i, name in enumerate(run.heads.dataset_names):
+      if not run.specs[name].config.eval_split:
+        continue  # e.g. ImageNet-21k: no held-out split
       if name not in run.eval_datasets:
         run.eval_datasets[name], _ = pipeline.eval_dataset(
             run.specs[name], mean=cfg.input.mean, std=cfg.input.std,
             process_index=jax.process_index(), process_count=jax.process_count())
       ds = run.eval_datasets[name]
-      results[name] = evaluate.evaluate_dataset(run.eval_fn, state.params,
-                                                ds.as_numpy_iterator(), i, to_device)
-  scalars = {f"eval/{n}/{k}": v for n, r in results.items() for k, v in r.items()
-             if k != "num_examples"}
-  run.writer.write_scalars(step, scalars)
+      results[name] = evaluate.evaluate_dataset(
+          run.eval_fn, state.params, ds.as_numpy_iterator(), i, to_device,
+          expected_videos=run.specs[name].num_test_examples)
+  run.writer.write_scalars(step, evaluate.scalars(results))
   if jax.process_index() == 0:
-    print(f"eval @ step {step}: " + "  ".join(
-        f"{n}: top1 {r['top1']:.3f} top5 {r['top5']:.3f}" for n, r in results.items()),
-          flush=True)
+    print(f"eval @ step {step}: {evaluate.format_line(results)}", flush=True)
   return results

@@ -18,6 +18,16 @@ def _train_batches(spec, config, n, start_batch=0, **kw):
   return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
 
 
+def _decoded(spec, split, index=0, count=1):
+  """[(label, uint8 frames (F, H, W, 3))] of every example of one process's share."""
+  out = []
+  for raw in spec.source.read(split, index, count):
+    example = spec.source.parse(raw)
+    frames = pipeline.decode_frames(example["encoded"], spec.source.jpeg_only)
+    out.append((int(example["label"]), frames.numpy()))
+  return out
+
+
 def test_train_batches_shapes(specs, tiny_config):
   for name, spec in specs.items():
     cfg = tiny_config.datasets[name]
@@ -49,8 +59,7 @@ def test_processes_read_disjoint_shares(specs, tiny_config):
   spec = specs["motion"]
   labels = []
   for index in range(2):
-    ds = pipeline._read(spec, "test", index, 2, drop_remainder=False)
-    labels.append([(int(e["label"]), e["frames"].numpy().tobytes()) for e in ds])
+    labels.append([(label, frames.tobytes()) for label, frames in _decoded(spec, "test", index, 2)])
   assert len(labels[0]) + len(labels[1]) == spec.num_test_examples
   assert not set(labels[0]) & set(labels[1])
 
@@ -60,12 +69,14 @@ def test_clip_indices_loop_short_videos():
   np.testing.assert_array_equal(pipeline.clip_indices(16, 4, 2, 3).numpy(), [3, 5, 7, 9])
 
 
-def test_centre_clip_and_crop():
-  frames = tf.reshape(tf.range(10 * 6 * 6 * 3), (10, 6, 6, 3))
-  clip = pipeline.sample_centre_clip(frames, 3, 2)  # span 5 of 10 -> starts at 2
-  np.testing.assert_array_equal(clip.numpy(), frames.numpy()[[2, 4, 6]])
-  crop = pipeline.centre_crop(clip, 4)
-  np.testing.assert_array_equal(crop.numpy(), clip.numpy()[:, 1:5, 1:5])
+def test_centre_crop():
+  clip = tf.reshape(tf.range(3 * 6 * 6 * 3), (3, 6, 6, 3))
+  np.testing.assert_array_equal(pipeline.centre_crop(clip, 4).numpy(), clip.numpy()[:, 1:5, 1:5])
+
+
+def test_segment_sampling_takes_one_frame_per_segment():
+  np.testing.assert_array_equal(pipeline.segment_indices(16, 4, 0.5).numpy(), [2, 6, 10, 14])
+  np.testing.assert_array_equal(pipeline.segment_indices(3, 4, 0.5).numpy(), [0, 1, 1, 2])
 
 
 def test_random_crop_and_flip_apply_to_whole_clip():
@@ -88,8 +99,8 @@ def _first_frames_seen(spec, config, name, flip):
   with config.unlocked():
     ds_cfg = config.datasets[name]
     ds_cfg.crop_size, ds_cfg.flip = ds_cfg.synthetic.size, flip
-  spec = pipeline.DatasetSpec(name, ds_cfg, spec.builder, spec.class_names)
-  raw = {f.tobytes() for e in pipeline._read(spec, "train", 0, 1, True) for f in e["frames"].numpy()}
+  spec = pipeline.DatasetSpec(name, ds_cfg, spec.source, spec.class_names)
+  raw = {f.tobytes() for _, frames in _decoded(spec, "train") for f in frames}
   mean, std = np.array(config.input.mean), np.array(config.input.std)
   plain = mirrored = 0
   for batch in _train_batches(spec, config, 2):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cover_jax import config_defaults
 from cover_jax.data import pipeline, views
 
 
@@ -17,11 +18,17 @@ def test_evenly_spaced_from_first_to_last_possible_start():
   assert _starts(40, 4, 4, 2) == [0, 27]
 
 
-def test_one_clip_is_the_centre_clip_of_the_eval_pipeline():
+@pytest.mark.parametrize("clips", [1, 4])
+def test_eval_pipeline_takes_the_frames_of_the_temporal_views(clips):
+  cfg = config_defaults.dataset_config(num_frames=4, stride=4, eval_clips=clips)
   for available in (13, 16, 40, 5):
     frames = tf.reshape(tf.range(available), [available, 1, 1, 1])
-    ours = views.temporal_views(frames, 4, 4, 1)[0]
-    np.testing.assert_array_equal(ours, pipeline.sample_centre_clip(frames, 4, 4))
+    ours = views.temporal_views(frames, 4, 4, clips)[..., 0, 0, 0]
+    np.testing.assert_array_equal(ours, pipeline.eval_frame_indices(available, cfg))
+
+
+def test_one_clip_is_the_centre_clip():
+  assert _starts(16, 4, 4, 1) == [1] and _starts(5, 4, 4, 1) == [0]
 
 
 @pytest.mark.parametrize("available", [4, 8, 13, 14])

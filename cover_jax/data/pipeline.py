@@ -1,16 +1,29 @@
-"""One tf.data pipeline per dataset: frames in, normalised clip batches out.
+"""One tf.data pipeline per dataset: encoded frames in, normalised clip batches out.
 
-train: random clip of T frames at a stride (looping videos shorter than the
-       clip) -> the dataset's augmentation (augment.py: crop / scale jitter /
-       random resized crop, flip where the dataset allows it, RandAugment; the
-       same for every frame) -> normalise -> batch.
-eval:  the centre clip -> centre crop -> normalise -> padded batches with a
-       `mask`, so every process runs the same number of full batches.
+train: raw records (cached if configured) -> shuffle -> repeat -> number each
+       example by its stream position -> [parse -> check label and frame count
+       -> pick a random clip of T frames (looping short videos) -> decode only
+       those T frames -> the dataset's augmentation (augment.py: crop / scale
+       jitter / random resized crop, flip where allowed, RandAugment; one
+       transform for the whole clip)] -> normalise ->
+       drop failures -> batch.
+eval:  every test video once -> [parse -> K evenly spaced clips (views.py) ->
+       decode their frames -> S crops each] -> batches of videos with all
+       K*S views, padded with a `mask` so every process runs the same number
+       of batches.
+
+Bad input is skipped and counted, never fatal: the bracketed map may fail on
+a corrupt JPEG, a zero-frame sequence, a label outside the class list or an
+unreadable file; `ignore_errors` drops that example. Train batches carry each
+example's stream position (`index`); the maps are deterministic, so a gap in
+the positions the host sees is a skipped example (`SkipCounter`). Eval counts
+skips as test videos expected but not seen.
 
 Images are videos with T=1. Randomness is stateless, seeded by (dataset seed,
-example position in the stream), so a pipeline is deterministic for a seed and
-can be restarted at any batch by skipping raw examples (cheap: the decoded set
-is cached) instead of replaying augmentation.
+stream position), so a pipeline is deterministic for a seed and can restart at
+any batch by skipping raw records (cheap: nothing is decoded before the skip)
+instead of replaying augmentation. A restart is exact when no example was
+skipped before it; each skipped example shifts a resumed stream by one.
 """
 
 from __future__ import annotations
@@ -19,13 +32,15 @@ import dataclasses
 import os
 import zlib
 
+from absl import logging
+import numpy as np
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
-from cover_jax.data import augment, builders
-from cover_jax.data.augment import random_crop, random_flip  # noqa: F401  (pipeline's API)
+from cover_jax.data import augment, sources, views
 
 AUTOTUNE = tf.data.AUTOTUNE
+DatasetError = sources.DatasetError
+_PROBE_RECORDS = 32  # records tried at start-up before a dataset is declared unreadable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,16 +48,16 @@ class DatasetSpec:
   """What the trainer needs to know about one configured dataset."""
   name: str
   config: object  # the dataset's ConfigDict
-  builder: tfds.core.DatasetBuilder
+  source: sources.Source
   class_names: tuple[str, ...]
 
   @property
   def is_video(self) -> bool:
-    return builders.IS_VIDEO[self.config.source]
+    return self.source.is_video
 
   @property
   def num_test_examples(self) -> int:
-    return self.builder.info.splits["test"].num_examples
+    return self.source.num_examples(self.config.eval_split)
 
 
 def default_data_dir(config_data_dir: str) -> str:
@@ -51,15 +66,19 @@ def default_data_dir(config_data_dir: str) -> str:
 
 
 def prepare_datasets(config) -> dict[str, DatasetSpec]:
-  """Builds missing embedded datasets and returns a spec per configured dataset."""
+  """Opens (and builds missing embedded) datasets; a spec per configured dataset.
+
+  Raises:
+    DatasetError: a dataset has no examples, is not prepared, or none of its
+      first records can be read; class_list.ClassListError: its classes.txt
+      disagrees with its records.
+  """
   data_dir = default_data_dir(config.data_dir)
   specs = {}
   for name, ds in sorted(config.datasets.items()):
-    syn = ds.synthetic
-    builder = builders.build(ds.source, data_dir, num_train=syn.num_train, num_test=syn.num_test,
-                             size=syn.size, num_frames=syn.num_frames, seed=syn.seed)
-    names = tuple(builder.info.features["label"].names)
-    specs[name] = DatasetSpec(name, ds, builder, names)
+    source = sources.open_source(name, ds, data_dir)
+    specs[name] = DatasetSpec(name, ds, source, source.class_names)
+    check_readable(specs[name])
   return specs
 
 
@@ -68,18 +87,44 @@ def dataset_seed(global_seed: int, name: str, process_index: int) -> int:
   return (global_seed * 1_000_003 + zlib.crc32(name.encode()) + 7919 * process_index) % (2 ** 31)
 
 
-def _as_frames(example: dict) -> dict:
-  """Common form {'frames': uint8 (F, H, W, 3), 'label': int32}; images get F=1."""
-  frames = example["video"] if "video" in example else example["image"][None]
-  return {"frames": frames, "label": tf.cast(example["label"], tf.int32)}
+def _checked(spec: DatasetSpec, raw) -> tuple[tf.Tensor, tf.Tensor]:
+  """(encoded frames, int32 label); fails (and so skips) zero-frame or mislabelled examples."""
+  example = spec.source.parse(raw)
+  encoded, label = example["encoded"], tf.cast(example["label"], tf.int32)
+  name = example["name"]
+  checks = [  # tf.debugging.Assert: the failure message names the example
+      tf.debugging.Assert(tf.size(encoded) > 0, ["no frames in", name]),
+      tf.debugging.Assert((label >= 0) & (label < len(spec.class_names)),
+                          ["label", label, "not in the class list in", name])]
+  with tf.control_dependencies(checks):
+    return tf.identity(encoded), tf.identity(label)
 
 
-def _read(spec: DatasetSpec, split: str, process_index: int, process_count: int,
-          drop_remainder: bool) -> tf.data.Dataset:
-  split = tfds.split_for_jax_process(split, process_index=process_index,
-                                     process_count=process_count, drop_remainder=drop_remainder)
-  ds = spec.builder.as_dataset(split=split, shuffle_files=False)
-  return ds.map(_as_frames, num_parallel_calls=AUTOTUNE)
+def decode_frames(encoded, jpeg_only: bool) -> tf.Tensor:
+  """string (T,) -> uint8 (T, H, W, 3); fails on a corrupt frame or frames of unequal size."""
+  if jpeg_only:
+    decode = lambda x: tf.io.decode_jpeg(x, channels=3)
+  else:
+    decode = lambda x: tf.io.decode_image(x, channels=3, expand_animations=False)
+  return tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
+def resize_short_side(frames, short_side) -> tf.Tensor:
+  """uint8 (..., H, W, 3) resized (antialiased) so that min(H, W) == short_side."""
+  shape = tf.shape(frames)
+  height, width = tf.cast(shape[-3], tf.float32), tf.cast(shape[-2], tf.float32)
+  scale = tf.cast(short_side, tf.float32) / tf.minimum(height, width)
+  size = tf.cast(tf.round(tf.stack([height * scale, width * scale])), tf.int32)
+  size = tf.maximum(size, short_side)
+  resized = tf.image.resize(frames, size, method="bilinear", antialias=True)
+  return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def at_least(frames, size: int) -> tf.Tensor:
+  """Frames with a short side below `size` (small images) enlarged to it; others untouched."""
+  shape = tf.shape(frames)
+  return tf.cond(tf.minimum(shape[-3], shape[-2]) < size,
+                 lambda: resize_short_side(frames, size), lambda: frames)
 
 
 def clip_indices(num_available, num_frames: int, stride: int, start) -> tf.Tensor:
@@ -87,20 +132,31 @@ def clip_indices(num_available, num_frames: int, stride: int, start) -> tf.Tenso
   return tf.math.floormod(start + tf.range(num_frames) * stride, num_available)
 
 
-def sample_train_clip(frames, num_frames: int, stride: int, seed) -> tf.Tensor:
-  """A random clip of `num_frames` frames at `stride`."""
-  available = tf.shape(frames)[0]
-  span = (num_frames - 1) * stride + 1
-  max_start = tf.maximum(available - span, 0)
+def segment_indices(num_available, num_frames: int, offset) -> tf.Tensor:
+  """One frame per segment of T equal segments (offset in [0, 1): where in each segment)."""
+  size = tf.cast(num_available, tf.float32) / num_frames
+  index = tf.floor((tf.range(num_frames, dtype=tf.float32) + offset) * size)
+  return tf.minimum(tf.cast(index, tf.int32), num_available - 1)
+
+
+def train_frame_indices(num_available, cfg, seed) -> tf.Tensor:
+  """Which T frames a training clip takes: a random start (stride) or random per segment."""
+  if cfg.get("sampling", "stride") == "segment":
+    return segment_indices(num_available, cfg.num_frames,
+                           tf.random.stateless_uniform([cfg.num_frames], seed))
+  span = (cfg.num_frames - 1) * cfg.stride + 1
+  max_start = tf.maximum(num_available - span, 0)
   start = tf.random.stateless_uniform([], seed, 0, max_start + 1, dtype=tf.int32)
-  return tf.gather(frames, clip_indices(available, num_frames, stride, start))
+  return clip_indices(num_available, cfg.num_frames, cfg.stride, start)
 
 
-def sample_centre_clip(frames, num_frames: int, stride: int) -> tf.Tensor:
-  available = tf.shape(frames)[0]
-  span = (num_frames - 1) * stride + 1
-  start = tf.maximum(available - span, 0) // 2
-  return tf.gather(frames, clip_indices(available, num_frames, stride, start))
+def eval_frame_indices(num_available, cfg) -> tf.Tensor:
+  """int32 (K, T): the frames of the K evaluation clips (views.py; segment centres)."""
+  if cfg.get("sampling", "stride") == "segment":
+    return segment_indices(num_available, cfg.num_frames, 0.5)[None]
+  starts = views.clip_starts(num_available, cfg.num_frames, cfg.stride, cfg.eval_clips)
+  offsets = tf.range(cfg.num_frames) * cfg.stride
+  return tf.math.floormod(starts[:, None] + offsets[None, :], num_available)
 
 
 def centre_crop(clip, size: int) -> tf.Tensor:
@@ -114,64 +170,155 @@ def normalise(clip, mean, std) -> tf.Tensor:
   return (clip - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
+def _augment_train_clip(clip_thwc_uint8, cfg, seeds) -> tf.Tensor:
+  """The dataset's training augmentation of one uint8 clip (augment.py)."""
+  return augment.train_augment(clip_thwc_uint8, augment.config_of(cfg), crop_size=cfg.crop_size,
+                               flip=cfg.flip, crop_seed=seeds[0], flip_seed=seeds[1])
+
+
+def _train_example(spec: DatasetSpec, seed: int, mean, std):
+  """The fallible per-example train map: (stream position, raw record) -> example."""
+  cfg = spec.config
+
+  def fn(index, raw):
+    encoded, label = _checked(spec, raw)
+    seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 3)
+    indices = train_frame_indices(tf.shape(encoded)[0], cfg, seeds[0])
+    clip = at_least(decode_frames(tf.gather(encoded, indices), spec.source.jpeg_only),
+                    cfg.crop_size)
+    clip = _augment_train_clip(clip, cfg, seeds[1:])
+    return {"video": normalise(clip, mean, std), "label": label, "index": index}
+  return fn
+
+
 def train_dataset(spec: DatasetSpec, *, global_seed: int, mean, std, process_index: int = 0,
                   process_count: int = 1, start_batch: int = 0) -> tf.data.Dataset:
   """Infinite, deterministic stream of per-process training batches.
+
+  Batches hold 'video', 'label' and 'index' (each example's stream position;
+  `SkipCounter` turns gaps into skip counts and drops the key).
 
   Args:
     start_batch: how many batches of this dataset were already consumed (for
       resuming): the stream continues exactly where such a run would be.
   """
   cfg = spec.config
-  aug_cfg = augment.config_of(cfg)
   local_batch = cfg.batch_size // process_count
   seed = dataset_seed(global_seed, spec.name, process_index)
-  ds = _read(spec, "train", process_index, process_count, drop_remainder=True)
+  ds = spec.source.read(cfg.train_split, process_index, process_count)
   if cfg.cache:
     ds = ds.cache()
   ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
   first_example = start_batch * local_batch
   ds = ds.skip(first_example)
-
-  def sample_and_augment(index, example):
-    seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 3)
-    clip = sample_train_clip(example["frames"], cfg.num_frames, cfg.stride, seeds[0])
-    clip = augment.train_augment(clip, aug_cfg, crop_size=cfg.crop_size, flip=cfg.flip,
-                                 crop_seed=seeds[1], flip_seed=seeds[2])
-    return {"video": normalise(clip, mean, std), "label": example["label"]}
-
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(first_example), ds)
-  ds = ds.map(sample_and_augment, num_parallel_calls=AUTOTUNE, deterministic=True)
+  ds = ds.map(_train_example(spec, seed, mean, std), num_parallel_calls=AUTOTUNE,
+              deterministic=True)
+  ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   return _with_options(ds).prefetch(AUTOTUNE)
 
 
+def _eval_views(spec: DatasetSpec, encoded) -> tf.Tensor:
+  """uint8 (K*S, T, crop, crop, 3): decodes each frame the K clips use once."""
+  cfg = spec.config
+  indices_kt = eval_frame_indices(tf.shape(encoded)[0], cfg)
+  unique, position = tf.unique(tf.reshape(indices_kt, [-1]))
+  frames = decode_frames(tf.gather(encoded, unique), spec.source.jpeg_only)
+  if cfg.get("eval_short_side", 0):
+    frames = resize_short_side(frames, cfg.eval_short_side)
+  frames = at_least(frames, cfg.crop_size)
+  shape = tf.shape(frames)
+  clips = tf.reshape(tf.gather(frames, position),
+                     tf.concat([tf.shape(indices_kt), shape[1:]], axis=0))
+  return views.spatial_views(clips, cfg.crop_size, cfg.eval_crops)
+
+
+def num_eval_views(cfg) -> int:
+  clips = 1 if cfg.get("sampling", "stride") == "segment" else cfg.eval_clips
+  return clips * cfg.eval_crops
+
+
 def eval_dataset(spec: DatasetSpec, *, mean, std, process_index: int = 0,
                  process_count: int = 1) -> tuple[tf.data.Dataset, int]:
-  """Centre-clip eval batches padded to equal counts on every process.
+  """Multi-view eval batches of videos, padded to equal counts on every process.
 
   Returns:
-    (dataset, num_batches): batches carry `mask` (1 real, 0 padding).
+    (dataset, num_batches): batches hold 'video' (B, V, T, crop, crop, 3) with
+    V = K clips x S crops per video (clip-major), 'label' (B,), and 'mask' (B,)
+    (1 real video, 0 padding or a skipped video's place).
   """
   cfg = spec.config
   local_batch = cfg.eval_batch_size // process_count
-  per_process = -(-spec.num_test_examples // process_count)
+  per_process = max(spec.source.num_examples(cfg.eval_split, p, process_count)
+                    for p in range(process_count))
   num_batches = -(-per_process // local_batch)
 
-  def preprocess(example):
-    clip = sample_centre_clip(example["frames"], cfg.num_frames, cfg.stride)
-    clip = centre_crop(clip, cfg.crop_size)
-    return {"video": normalise(clip, mean, std), "label": example["label"],
-            "mask": tf.constant(1, tf.int32)}
+  def preprocess(raw):
+    encoded, label = _checked(spec, raw)
+    video = normalise(_eval_views(spec, encoded), mean, std)
+    return {"video": video, "label": label, "mask": tf.constant(1, tf.int32)}
 
-  ds = _read(spec, "test", process_index, process_count, drop_remainder=False)
-  ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True)
-  padding = ds.take(1).map(lambda ex: {k: tf.zeros_like(v) for k, v in ex.items()}).repeat()
+  ds = spec.source.read(cfg.eval_split, process_index, process_count)
+  ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(
+      log_warning=True)
+  views_shape = (num_eval_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3)
+  padding = tf.data.Dataset.from_tensors({
+      "video": tf.zeros(views_shape, tf.float32), "label": tf.constant(0, tf.int32),
+      "mask": tf.constant(0, tf.int32)}).repeat()
   ds = ds.concatenate(padding).take(num_batches * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True)
-  if cfg.cache:
-    ds = ds.cache()
   return _with_options(ds).prefetch(AUTOTUNE), num_batches
+
+
+def check_readable(spec: DatasetSpec) -> None:
+  """Fails fast, naming the dataset and the error, when none of its first records reads."""
+  cfg = spec.config
+  fn = _train_example(spec, 0, (0.0,) * 3, (1.0,) * 3)
+  ds = tf.data.Dataset.zip(tf.data.Dataset.counter(),
+                           spec.source.read(cfg.train_split, 0, 1).take(_PROBE_RECORDS))
+  first_error = None
+  for index, raw in ds:
+    try:
+      fn(index, raw)
+      return
+    except (tf.errors.OpError, ValueError) as e:
+      first_error = first_error or e
+  raise DatasetError(
+      f"dataset {spec.name!r} ({spec.source.describe()}): none of the first {_PROBE_RECORDS} "
+      f"training examples could be read; the first failed with: "
+      f"{str(first_error).splitlines()[0] if first_error else 'no examples'}. Check that the "
+      f"records are the format of source={cfg.source!r} (frames JPEG-encoded, labels "
+      f"0..{len(spec.class_names) - 1}) and config.datasets.{spec.name}.crop_size fits the frames")
+
+
+class SkipCounter:
+  """Wraps a numpy batch iterator: counts gaps in the examples' positions (skipped examples).
+
+  Logs the first `log_first` skipped positions of the dataset; drops 'index'
+  from the batches it passes on.
+  """
+
+  def __init__(self, name: str, batches, first_position: int, log_first: int = 5):
+    self.name, self.batches, self.log_first = name, batches, log_first
+    self.next_position = first_position
+    self.skipped = 0
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    batch = dict(next(self.batches))
+    positions = batch.pop("index")
+    missing = np.setdiff1d(np.arange(self.next_position, positions[-1] + 1), positions)
+    if missing.size:
+      if self.skipped < self.log_first:
+        logging.warning("dataset %s: skipped unreadable example(s) at stream position(s) %s "
+                        "(the reason is in TensorFlow's warning just before)", self.name,
+                        missing[:self.log_first - self.skipped].tolist())
+      self.skipped += int(missing.size)
+    self.next_position = int(positions[-1]) + 1
+    return batch
 
 
 def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
@@ -179,4 +326,3 @@ def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
   return ds.with_options(options)
-

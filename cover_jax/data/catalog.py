@@ -1,0 +1,121 @@
+"""The paper's datasets: class counts, clip sampling, flip policy, eval views, where they come from.
+
+`configs/<dataset>.py` and `configs/cover.py` build their `config.datasets`
+entries from this table (`dataset_entry`), so a dataset's settings are written
+down once. Paths come from the config file's arguments (`experiment_config`).
+
+Clip sampling follows TimeSformer's recipes on our prepared frame rates
+(README "Preparing data": Kinetics and MiT at 25 fps, SSv2 at 12 fps):
+Kinetics 8 frames at stride 32 (as TimeSformer's 8x32), Moments-in-Time
+(3-second videos) 8 at stride 8, SSv2 one frame from each of 8 segments of the
+whole video. SSv2 is never flipped: its classes name directions ("pushing
+something from left to right").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+
+from cover_jax import config_args, config_defaults
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One dataset of the paper; fields mirror config_defaults.dataset_config."""
+  title: str
+  num_classes: int
+  source: str                # 'dmvr' (our prepare tool), 'tfds', 'image_folder'
+  num_frames: int = 8
+  stride: int = 1
+  sampling: str = "stride"
+  flip: bool = True
+  eval_clips: int = 1
+  eval_crops: int = 3
+  eval_split: str = "validation"
+  eval_short_side: int = 0   # images: resize to 256 then crop 224 (the 0.875 convention)
+  tfds_name: str = ""
+  prepare: str = ""          # how its data directory is made (README "Preparing data")
+
+
+CATALOG = {
+    "k400": Entry("Kinetics-400", 400, "dmvr", stride=32, eval_clips=4,
+                  prepare="python -m cover_jax.data.prepare --format=kinetics ..."),
+    "k600": Entry("Kinetics-600", 600, "dmvr", stride=32, eval_clips=4,
+                  prepare="python -m cover_jax.data.prepare --format=kinetics ..."),
+    "k700": Entry("Kinetics-700", 700, "dmvr", stride=32, eval_clips=4,
+                  prepare="python -m cover_jax.data.prepare --format=kinetics ..."),
+    "ssv2": Entry("Something-Something-v2", 174, "dmvr", sampling="segment", flip=False,
+                  prepare="python -m cover_jax.data.prepare --format=ssv2 --fps=12 ..."),
+    "mit": Entry("Moments-in-Time", 339, "dmvr", stride=8,
+                 prepare="python -m cover_jax.data.prepare --format=folder ..."),
+    "in1k": Entry("ImageNet-1k", 1000, "tfds", num_frames=1, eval_crops=1, eval_short_side=256,
+                  tfds_name="imagenet2012", prepare="TFDS imagenet2012 (manual download)"),
+    # The fall11 release as used for ViT pre-training (21,843 classes). It has
+    # no official held-out split: not evaluated unless eval_split names one.
+    "in21k": Entry("ImageNet-21k", 21843, "image_folder", num_frames=1, eval_crops=1,
+                   eval_split="", eval_short_side=256, prepare="none: <wnid>/<image>.JPEG"),
+}
+
+
+def dataset_entry(name: str, path: str, *, tiny: bool = False, **overrides):
+  """`config.datasets.<name>` for a catalog dataset whose data is at `path`.
+
+  For 'tfds' datasets `path` is unused (the TFDS data_dir is config.data_dir).
+  `tiny`: 16-px crops, 2-frame clips, 1-2 views, batches of 8 (tests, smoke runs).
+  """
+  e = CATALOG[name]
+  fields = dict(source=e.source, path="" if e.source == "tfds" else path,
+                tfds_name=e.tfds_name, num_classes=e.num_classes, num_frames=e.num_frames,
+                stride=e.stride, sampling=e.sampling, flip=e.flip, eval_clips=e.eval_clips,
+                eval_crops=e.eval_crops, eval_split=e.eval_split,
+                eval_short_side=e.eval_short_side, label_smoothing=0.1,
+                batch_size=64 if e.num_frames > 1 else 256, eval_batch_size=32)
+  if tiny:
+    fields.update(num_frames=min(e.num_frames, 2), stride=min(e.stride, 2), crop_size=16,
+                  eval_short_side=16 if e.eval_short_side else 0,
+                  eval_clips=min(e.eval_clips, 2), batch_size=8, eval_batch_size=4,
+                  shuffle_buffer=64)
+  fields.update(overrides)
+  return config_defaults.dataset_config(**fields)
+
+
+def experiment_config(names: list[str], arg: str | None, *, weights=None,
+                      mixture: str = "sample") -> ml_collections.ConfigDict:
+  """A locked config training on catalog datasets `names` (a config file's get_config).
+
+  Arguments (after the config file's colon): `data=DIR` (one dataset) or
+  `<name>=DIR` per dataset (several); for TFDS datasets DIR is the TFDS data_dir.
+  `variant` (B/16), `frames` (8), `steps`, `tiny`.
+  """
+  dirs = {"data": f"/data/{names[0]}"} if len(names) == 1 else {n: f"/data/{n}" for n in names}
+  arg = config_args.parse_arg(arg, variant="B/16", frames=8, steps=30000, tiny=False, **dirs)
+  path = {n: arg.data if len(names) == 1 else arg[n] for n in names}
+  config = config_defaults.base_config()
+  config.mixture = mixture
+  config.total_steps = arg.steps
+  config.log_every, config.eval_every, config.checkpoint_every = 100, 5000, 1000
+  config.model = config_defaults.model_config(variant=arg.variant, num_frames=arg.frames,
+                                               stochastic_depth=0.1)
+  # TimeSformer's fine-tuning recipe: SGD with momentum, cosine decay.
+  config.optimizer = config_defaults.optimizer_config(
+      name="sgd", learning_rate=0.005, warmup_steps=1000, weight_decay=1e-4)
+  for name in names:
+    frames = {} if CATALOG[name].num_frames == 1 else {"num_frames": arg.frames}
+    config.datasets[name] = dataset_entry(name, path[name], tiny=arg.tiny,
+                                          weight=(weights or {}).get(name, 1.0), **frames)
+    if CATALOG[name].source == "tfds":
+      config.data_dir = path[name]
+  if arg.tiny:
+    config.total_steps = arg.steps if arg.steps != 30000 else 4
+    config.log_every = config.eval_every = config.checkpoint_every = 2
+    config.model.update(variant="Mu/8", width=32, depth=1, num_heads=2, mlp_dim=64,
+                        image_size=16, num_frames=2, stochastic_depth=0.0,
+                        time_embed_init_std=0.02, head_init_std=0.02)
+    config.optimizer.warmup_steps = 1
+    for ds in config.datasets.values():
+      if ds.num_frames > 1:
+        ds.num_frames = 2
+  config.lock()
+  return config

@@ -1,0 +1,317 @@
+"""Where a configured dataset's examples come from, as encoded frames and a label.
+
+Every source yields, per example, `{'encoded': string (F,), 'label': int64,
+'name': string}`: the example's F frames still encoded (JPEG, or PNG for the
+embedded sets) and a name for messages. Frames stay encoded through caching and
+shuffling; the pipeline decodes only the frames of the clip it picks
+(pipeline.py), which is most of the input cost. Images are F=1 videos.
+
+Sources (`config.datasets.<name>.source`):
+  synthetic_*    the embedded TFDS builders (builders.py), built on first use
+  tfds           any prepared TFDS dataset (`tfds_name`) in config.data_dir,
+                 e.g. 'cover_kinetics/k400' (video_builders.py) or 'imagenet2012'
+                 (manual download); never downloads at run time
+  dmvr           DMVR-format SequenceExample records (dmvr_format.py): our
+                 prepare tool's, or DMVR's own generator's
+  image_folder   `<path>/<split>/<class>/<image>` (or `<path>/<class>/<image>`)
+  image_records  tf.train.Example records: image/encoded, image/class/label
+
+`read(split, process_index, process_count)` gives the raw stream of one
+process (`parse` turns a raw element into the common form inside the fallible
+map, so unparseable records are skipped and counted like other bad input);
+`num_examples(split, ...)` how many records that stream holds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import logging
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from cover_jax.data import builders, class_list, dmvr_format
+
+RECORD_SOURCES = ("dmvr", "image_records")
+SOURCES = tuple(builders.SOURCES) + ("tfds", "dmvr", "image_folder", "image_records")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+_LABEL_CHECK_RECORDS = 256  # records per split whose label text is checked at start-up
+
+
+class DatasetError(ValueError):
+  """A dataset that cannot be read (nothing there, not prepared, inconsistent labels)."""
+
+
+def _fail(name: str, what: str, check: str) -> DatasetError:
+  return DatasetError(f"dataset {name!r}: {what}. Check: {check}")
+
+
+class Source:
+  """One dataset's examples; subclasses say where they are and how to parse them."""
+
+  is_video = True
+  jpeg_only = True  # frames are JPEG (tf.io.decode_jpeg), else any image format
+
+  def __init__(self, name: str, cfg):
+    self.name, self.cfg = name, cfg
+    self.class_names: tuple[str, ...] = ()
+
+  def describe(self) -> str:
+    return f"{self.cfg.source} at {self.cfg.path or self.cfg.get('tfds_name', '')}"
+
+  def read(self, split: str, process_index: int, process_count: int) -> tf.data.Dataset:
+    raise NotImplementedError
+
+  def parse(self, raw) -> dict:
+    raise NotImplementedError
+
+  def num_examples(self, split: str, process_index: int = 0, process_count: int = 1) -> int:
+    raise NotImplementedError
+
+
+def _share(total: int, process_index: int, process_count: int) -> int:
+  """Records of `total` that `Dataset.shard(process_count, process_index)` keeps."""
+  return len(range(process_index, total, process_count))
+
+
+class _RecordFiles(Source):
+  """Sharded TFRecord files `path/file_pattern`; a process reads every P-th record."""
+
+  def files(self, split: str) -> list[str]:
+    pattern = os.path.join(self.cfg.path, self.cfg.file_pattern.format(split=split))
+    return sorted(tf.io.gfile.glob(pattern))
+
+  def read(self, split, process_index, process_count):
+    # Record-level sharding: exact per-process counts (equal eval batches) and
+    # the same stream for any file count; every process reads the bytes of all files.
+    ds = tf.data.TFRecordDataset(self.files(split), num_parallel_reads=None)
+    return ds.shard(process_count, process_index) if process_count > 1 else ds
+
+  def num_examples(self, split, process_index=0, process_count=1):
+    total = self._counted(split)
+    return _share(total, process_index, process_count)
+
+  def _counted(self, split: str) -> int:
+    if not hasattr(self, "_counts"):
+      self._counts = {}
+    if split not in self._counts:
+      self._counts[split] = self._report_count(split)
+      if self._counts[split] is None:
+        files = self.files(split)
+        self._counts[split] = int(tf.data.TFRecordDataset(files).reduce(
+            tf.constant(0, tf.int64), lambda n, _: n + 1)) if files else 0
+    return self._counts[split]
+
+  def _report_count(self, split: str) -> int | None:
+    """The prepare tool's count of written records (saves a pass over the files)."""
+    path = os.path.join(self.cfg.path, "prepare_report.json")
+    if not tf.io.gfile.exists(path):
+      return None
+    with tf.io.gfile.GFile(path) as f:
+      entry = json.load(f).get("splits", {}).get(split)
+    return None if entry is None else int(entry["videos_written"])
+
+
+def _named_classes(path: str, num_classes: int) -> tuple[str, ...]:
+  """classes.txt beside the data, else placeholder names '0'..'C-1'."""
+  names = class_list.read_classes_txt(path) if path else None
+  return tuple(names) if names is not None else tuple(str(i) for i in range(num_classes))
+
+
+class DmvrRecords(_RecordFiles):
+  """DMVR-format SequenceExamples; classes.txt beside them when present."""
+
+  def __init__(self, name, cfg):
+    super().__init__(name, cfg)
+    self.has_class_list = tf.io.gfile.exists(os.path.join(cfg.path, class_list.CLASSES_FILE))
+    self.class_names = _named_classes(cfg.path, cfg.num_classes)
+
+  def parse(self, raw):
+    clip = dmvr_format.parse_clip(raw)
+    return {"encoded": clip["jpeg_frames"], "label": clip["label"], "name": clip["filename"]}
+
+  def check_label_texts(self, split: str) -> None:
+    """ClassListError if records' clip/label/text disagree with classes.txt (no silent remap)."""
+    if not self.has_class_list or not self.files(split):
+      return
+    ds = tf.data.TFRecordDataset(self.files(split)[:1]).take(_LABEL_CHECK_RECORDS)
+    for clip in ds.map(dmvr_format.parse_clip).as_numpy_iterator():
+      text, index = clip["label_text"].decode("utf-8"), int(clip["label"])
+      if text and 0 <= index < len(self.class_names) and self.class_names[index] != text:
+        raise class_list.ClassListError(
+            f"dataset {self.name!r}: {self.files(split)[0]} has a record of "
+            f"{clip['filename'].decode()!r} labelled {index} = {text!r}, but line {index + 1} "
+            f"of {os.path.join(self.cfg.path, class_list.CLASSES_FILE)} is "
+            f"{self.class_names[index]!r}. The records were made with another class list: "
+            "restore the classes.txt they were prepared with, or prepare them again")
+
+
+class ImageRecords(_RecordFiles):
+  """tf.train.Example images (ImageNet TFRecord layout)."""
+
+  is_video = False
+
+  def __init__(self, name, cfg):
+    super().__init__(name, cfg)
+    self.class_names = _named_classes(cfg.path, cfg.num_classes)
+
+  def parse(self, raw):
+    example = tf.io.parse_single_example(raw, {
+        "image/encoded": tf.io.FixedLenFeature([], tf.string),
+        "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+        "image/filename": tf.io.FixedLenFeature([], tf.string, default_value="")})
+    return {"encoded": example["image/encoded"][None],
+            "label": example["image/class/label"] + self.cfg.label_offset,
+            "name": example["image/filename"]}
+
+
+class ImageFolder(Source):
+  """`<path>/<split>/<class>/<image>`; classes: classes.txt, else the sorted folder names."""
+
+  is_video = False
+  jpeg_only = False
+
+  def __init__(self, name, cfg):
+    super().__init__(name, cfg)
+    self._listed = {}
+    saved = class_list.read_classes_txt(cfg.path) if cfg.path else None
+    self.class_names = tuple(saved) if saved is not None else tuple(
+        self._class_folders(cfg.train_split))
+
+  def split_root(self, split: str) -> str:
+    root = os.path.join(self.cfg.path, split)
+    return root if tf.io.gfile.isdir(root) else self.cfg.path
+
+  def _class_folders(self, split: str) -> list[str]:
+    root = self.split_root(split)
+    if not tf.io.gfile.isdir(root):
+      return []
+    return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
+                  if tf.io.gfile.isdir(os.path.join(root, d)))
+
+  def listing(self, split: str) -> tuple[list[str], list[int]]:
+    """Image paths and labels, in a fixed order; folders not in the class list get -1."""
+    if split not in self._listed:
+      root, index = self.split_root(split), {n: i for i, n in enumerate(self.class_names)}
+      paths, labels = [], []
+      for folder in self._class_folders(split):
+        for file in sorted(tf.io.gfile.listdir(os.path.join(root, folder))):
+          if file.lower().endswith(IMAGE_SUFFIXES):
+            paths.append(os.path.join(root, folder, file))
+            labels.append(index.get(folder, -1))
+      self._listed[split] = (paths, labels)
+    return self._listed[split]
+
+  def read(self, split, process_index, process_count):
+    paths, labels = self.listing(split)
+    ds = tf.data.Dataset.from_tensor_slices({"path": tf.constant(paths, tf.string),
+                                             "label": tf.constant(labels, tf.int64)})
+    return ds.shard(process_count, process_index) if process_count > 1 else ds
+
+  def parse(self, raw):
+    return {"encoded": tf.io.read_file(raw["path"])[None], "label": raw["label"],
+            "name": raw["path"]}
+
+  def num_examples(self, split, process_index=0, process_count=1):
+    return _share(len(self.listing(split)[0]), process_index, process_count)
+
+
+class TfdsDataset(Source):
+  """A prepared TFDS dataset (embedded synthetic, or any by name); frames left encoded."""
+
+  jpeg_only = False
+
+  def __init__(self, name, cfg, builder: tfds.core.DatasetBuilder):
+    super().__init__(name, cfg)
+    self.builder = builder
+    features = builder.info.features
+    self.key = "video" if "video" in features else "image"
+    self.is_video = self.key == "video"
+    self.class_names = tuple(features["label"].names)
+
+  def describe(self) -> str:
+    return f"TFDS {self.builder.info.full_name} in {self.builder.data_dir}"
+
+  def _split(self, split, process_index, process_count) -> str:
+    return tfds.split_for_jax_process(split, process_index=process_index,
+                                      process_count=process_count, drop_remainder=False)
+
+  def read(self, split, process_index, process_count):
+    return self.builder.as_dataset(split=self._split(split, process_index, process_count),
+                                   shuffle_files=False,
+                                   decoders={self.key: tfds.decode.SkipDecoding()})
+
+  def parse(self, raw):
+    encoded = raw[self.key]
+    return {"encoded": encoded if self.is_video else encoded[None], "label": raw["label"],
+            "name": tf.strings.as_string(raw["label"])}
+
+  def num_examples(self, split, process_index=0, process_count=1):
+    if split not in self.builder.info.splits:
+      return 0
+    return self.builder.info.splits[self._split(split, process_index, process_count)].num_examples
+
+
+def _named_tfds(name: str, cfg, data_dir: str) -> TfdsDataset:
+  from cover_jax.data import video_builders  # noqa: F401  registers cover_kinetics etc.
+
+  if not cfg.tfds_name:
+    raise _fail(name, "source 'tfds' needs a dataset name",
+                f"--config.datasets.{name}.tfds_name=cover_kinetics/k400 (or imagenet2012)")
+  try:
+    builder = tfds.builder(cfg.tfds_name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise _fail(name, f"TFDS knows no dataset {cfg.tfds_name!r} ({e})",
+                f"config.datasets.{name}.tfds_name") from None
+  if not tf.io.gfile.exists(os.path.join(builder.data_dir, "dataset_info.json")):
+    raise _fail(name, f"TFDS dataset {cfg.tfds_name!r} is not prepared in {data_dir} "
+                "(it is never downloaded at run time)",
+                f"config.data_dir; prepare it once with `tfds build {cfg.tfds_name} "
+                f"--data_dir={data_dir} --manual_dir=<raw files>` (README: Preparing data)")
+  return TfdsDataset(name, cfg, builder)
+
+
+def open_source(name: str, cfg, data_dir: str) -> Source:
+  """The configured dataset's source, opened and checked (DatasetError if unusable)."""
+  if cfg.source in builders.SOURCES:
+    syn = cfg.synthetic
+    builder = builders.build(cfg.source, data_dir, num_train=syn.num_train,
+                             num_test=syn.num_test, size=syn.size, num_frames=syn.num_frames,
+                             seed=syn.seed)
+    source = TfdsDataset(name, cfg, builder)
+  elif cfg.source == "tfds":
+    source = _named_tfds(name, cfg, data_dir)
+  else:
+    kinds = {"dmvr": DmvrRecords, "image_folder": ImageFolder, "image_records": ImageRecords}
+    if cfg.source not in kinds:
+      raise _fail(name, f"unknown source {cfg.source!r}", f"choose one of {list(SOURCES)}")
+    if not cfg.path or not tf.io.gfile.isdir(cfg.path):
+      raise _fail(name, f"path {cfg.path!r} is not a directory",
+                  f"--config.datasets.{name}.path, or the data= argument of the config file")
+    source = kinds[cfg.source](name, cfg)
+  _check_not_empty(source)
+  if isinstance(source, DmvrRecords):
+    for split in filter(None, (cfg.train_split, cfg.eval_split)):
+      source.check_label_texts(split)
+  logging.info("dataset %s: %s, %d classes, %d train / %s eval examples", name,
+               source.describe(), len(source.class_names), source.num_examples(cfg.train_split),
+               source.num_examples(cfg.eval_split) if cfg.eval_split else "no")
+  return source
+
+
+def _check_not_empty(source: Source) -> None:
+  cfg = source.cfg
+  for field, split in (("train_split", cfg.train_split), ("eval_split", cfg.eval_split)):
+    if split and source.num_examples(split) == 0:
+      where = (os.path.join(cfg.path, cfg.file_pattern.format(split=split))
+               if cfg.source in RECORD_SOURCES else source.describe())
+      raise _fail(source.name, f"split {split!r} has no examples ({where})",
+                  f"config.datasets.{source.name}.path, .file_pattern and .{field}; prepared "
+                  "records are named <split>-NNNNN-of-NNNNN.tfrecord (python -m "
+                  "cover_jax.data.prepare)")
+  if len(source.class_names) != cfg.num_classes:
+    raise _fail(source.name, f"the class list has {len(source.class_names)} classes but "
+                f"num_classes = {cfg.num_classes}",
+                f"--config.datasets.{source.name}.num_classes={len(source.class_names)}, "
+                "or the classes.txt beside the data")

@@ -1,0 +1,199 @@
+"""Dataset sources: DMVR records, image folders, image records, TFDS by name; bad input."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from cover_jax import config_defaults
+from cover_jax.data import class_list, pipeline, sources
+from tests import data_files
+
+MEAN, STD = (0.5,) * 3, (0.25,) * 3
+
+
+def _specs(datasets: dict, data_dir: str = "") -> dict:
+  config = config_defaults.base_config()
+  config.data_dir = data_dir
+  for name, cfg in datasets.items():
+    config.datasets[name] = cfg
+  return pipeline.prepare_datasets(config)
+
+
+def _train(spec, n, **kw):
+  ds = pipeline.train_dataset(spec, global_seed=0, mean=MEAN, std=STD, **kw)
+  return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
+
+
+def _assert_labels_match_pixels(batch):
+  for video, label in zip(batch["video"], batch["label"]):
+    assert data_files.label_of(video, MEAN[0], STD[0]) == label
+
+
+def _video_cfg(path, **kw):
+  fields = dict(source="dmvr", path=str(path), num_classes=3, num_frames=4, stride=1,
+                crop_size=16, batch_size=4, eval_batch_size=2, eval_split="test",
+                shuffle_buffer=8)
+  fields.update(kw)
+  return config_defaults.dataset_config(**fields)
+
+
+def test_dmvr_records_train_and_eval(tmp_path):
+  data_files.write_dmvr(tmp_path, "train", [0, 1, 2, 1, 0, 2], num_classes=3)
+  data_files.write_dmvr(tmp_path, "test", [2, 0, 1], num_classes=3)
+  spec = _specs({"clips": _video_cfg(tmp_path, eval_clips=2, eval_crops=3)})["clips"]
+  assert spec.class_names == ("class0", "class1", "class2") and spec.num_test_examples == 3
+  for batch in _train(spec, 3):
+    assert batch["video"].shape == (4, 4, 16, 16, 3)
+    _assert_labels_match_pixels(batch)
+  ds, num_batches = pipeline.eval_dataset(spec, mean=MEAN, std=STD)
+  batches = list(ds.as_numpy_iterator())
+  assert num_batches == len(batches) == 2
+  assert batches[0]["video"].shape == (2, 6, 4, 16, 16, 3)  # 2 videos x (2 clips x 3 crops)
+  assert [int(m) for b in batches for m in b["mask"]] == [1, 1, 1, 0]
+
+
+def test_image_folder_is_one_frame_videos_with_sorted_folder_classes(tmp_path):
+  data_files.write_image_folder(tmp_path, "train", {"dog": 3, "cat": 2, "emu": 3})
+  data_files.write_image_folder(tmp_path, "validation", {"dog": 1, "cat": 1, "emu": 1})
+  cfg = config_defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=3,
+                                       num_frames=1, crop_size=16, batch_size=4,
+                                       eval_batch_size=3, eval_split="validation")
+  spec = _specs({"pics": cfg})["pics"]
+  assert spec.class_names == ("cat", "dog", "emu") and not spec.is_video
+  batch = _train(spec, 1)[0]
+  assert batch["video"].shape == (4, 1, 16, 16, 3)
+  _assert_labels_match_pixels(batch)
+  (evaluated,) = pipeline.eval_dataset(spec, mean=MEAN, std=STD)[0].as_numpy_iterator()
+  assert sorted(evaluated["label"].tolist()) == [0, 1, 2]
+
+
+def test_image_records_with_label_offset(tmp_path):
+  # TF-slim ImageNet records number classes from 1.
+  records = [data_files.image_example(label, offset=-1) for label in (0, 1, 2, 1)]
+  for split in ("train", "validation"):
+    data_files.write_records(tmp_path / f"{split}-00000-of-00001", records)
+  cfg = config_defaults.dataset_config(source="image_records", path=str(tmp_path),
+                                       num_classes=3, num_frames=1, crop_size=16, batch_size=4,
+                                       eval_split="validation", eval_batch_size=4,
+                                       label_offset=-1)
+  spec = _specs({"recs": cfg})["recs"]
+  batch = _train(spec, 1)[0]
+  assert sorted(batch["label"].tolist()) == [0, 1, 1, 2]
+  _assert_labels_match_pixels(batch)
+
+
+class TinyTestImages(tfds.core.GeneratorBasedBuilder):
+  """A registered TFDS dataset, read by name as `source='tfds'` reads imagenet2012."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Image(shape=(20, 28, 3), encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=["a", "b"])}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(6), "validation": self._generate_examples(2)}
+
+  def _generate_examples(self, n):
+    for i in range(n):
+      yield i, {"image": data_files.frames(i % 2, 1)[0], "label": i % 2}
+
+
+def test_tfds_dataset_by_name_never_downloads(tmp_path):
+  cfg = config_defaults.dataset_config(source="tfds", tfds_name="tiny_test_images", num_classes=2,
+                                       num_frames=1, crop_size=16, batch_size=4,
+                                       eval_batch_size=2, eval_split="validation")
+  with pytest.raises(sources.DatasetError, match=r"'pics'.*not prepared.*tfds build"):
+    _specs({"pics": cfg}, str(tmp_path))
+  tfds.builder("tiny_test_images", data_dir=str(tmp_path)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+  spec = _specs({"pics": cfg}, str(tmp_path))["pics"]
+  assert spec.class_names == ("a", "b") and spec.num_test_examples == 2
+  _assert_labels_match_pixels(_train(spec, 1)[0])
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _bad_records():
+  good_jpegs = tf.io.encode_jpeg(data_files.frames(1, 1)[0]).numpy()
+  return [
+      data_files.dmvr_record(1, jpegs=[good_jpegs, data_files.CORRUPT_JPEG] * 3, name="corrupt"),
+      data_files.dmvr_record(2, jpegs=[], name="empty"),
+      data_files.dmvr_record(7, text="", name="label7"),  # outside the 3 classes
+  ]
+
+
+@pytest.mark.parametrize("bad", [0, 1, 2], ids=["corrupt_jpeg", "zero_frames", "label_outside"])
+def test_each_kind_of_bad_record_is_skipped_and_counted(tmp_path, bad):
+  # No shuffling (buffer 1); 5 good records, then the bad one at positions 5, 11, ...
+  data_files.write_dmvr(tmp_path, "train", [0, 1, 2, 0, 1], num_classes=3, shards=1,
+                        extra=[_bad_records()[bad]])
+  data_files.write_dmvr(tmp_path, "test", [0], num_classes=3, shards=1)
+  spec = _specs({"d": _video_cfg(tmp_path, batch_size=5, shuffle_buffer=1)})["d"]
+  batches = pipeline.train_dataset(spec, global_seed=0, mean=MEAN, std=STD).as_numpy_iterator()
+  counter = pipeline.SkipCounter("d", batches, first_position=0)
+  seen = [next(counter) for _ in range(3)]
+  assert counter.skipped == 2 and counter.next_position == 17  # 5 and 11 seen as gaps
+  assert all("index" not in b and sorted(b["label"]) == [0, 0, 1, 1, 2] for b in seen)
+
+
+def test_unreadable_image_files_are_skipped_and_counted(tmp_path):
+  data_files.write_image_folder(tmp_path, "train", {"a": 2, "b": 2})
+  data_files.write_image_folder(tmp_path, "test", {"a": 1, "b": 1})
+  data_files.break_symlink(tmp_path / "train" / "a" / "gone.jpg")
+  (tmp_path / "train" / "b" / "junk.jpg").write_bytes(data_files.CORRUPT_JPEG)
+  cfg = config_defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=2,
+                                       num_frames=1, crop_size=16, batch_size=4,
+                                       eval_batch_size=2, shuffle_buffer=1, eval_split="test")
+  spec = _specs({"pics": cfg})["pics"]
+  counter = pipeline.SkipCounter("pics", pipeline.train_dataset(
+      spec, global_seed=0, mean=MEAN, std=STD).as_numpy_iterator(), first_position=0)
+  next(counter), next(counter)
+  # Listed: a/0 a/1 a/gone b/0 b/1 b/junk, repeated: positions 2, 5, 8 are gaps so far.
+  assert counter.skipped == 3 and counter.next_position == 11
+
+
+def test_skipped_eval_videos_are_counted_and_padded(tmp_path):
+  data_files.write_dmvr(tmp_path, "train", [0, 1], num_classes=3, shards=1)
+  data_files.write_dmvr(tmp_path, "test", [0, 1, 2], num_classes=3, shards=1,
+                        extra=_bad_records())
+  spec = _specs({"d": _video_cfg(tmp_path, eval_batch_size=4)})["d"]
+  assert spec.num_test_examples == 6
+  ds, num_batches = pipeline.eval_dataset(spec, mean=MEAN, std=STD)
+  batches = list(ds.as_numpy_iterator())
+  assert num_batches == len(batches) == 2
+  assert sum(int(b["mask"].sum()) for b in batches) == 3  # the 3 bad ones became padding
+
+
+def test_empty_dataset_fails_fast_naming_it_and_what_to_check(tmp_path):
+  data_files.write_dmvr(tmp_path, "test", [0], num_classes=3, shards=1)
+  with pytest.raises(sources.DatasetError,
+                     match=r"dataset 'k400': split 'train' has no examples.*Check:.*path"):
+    _specs({"k400": _video_cfg(tmp_path)})
+  with pytest.raises(sources.DatasetError, match=r"'k400'.*not a directory"):
+    _specs({"k400": _video_cfg(tmp_path / "missing")})
+
+
+def test_dataset_whose_records_all_fail_stops_with_the_first_error(tmp_path):
+  data_files.write_dmvr(tmp_path, "train", [], num_classes=3, shards=1, extra=_bad_records())
+  data_files.write_dmvr(tmp_path, "test", [0], num_classes=3, shards=1)
+  with pytest.raises(sources.DatasetError, match=r"'k400'.*none of the first 32.*"):
+    _specs({"k400": _video_cfg(tmp_path)})
+
+
+def test_class_list_that_disagrees_with_the_records_is_an_error(tmp_path):
+  data_files.write_dmvr(tmp_path, "train", [0, 1, 2], num_classes=3)
+  data_files.write_dmvr(tmp_path, "test", [0], num_classes=3)
+  class_list.write_classes_txt(str(tmp_path), ["class0", "class2", "class1"])  # swapped
+  with pytest.raises(class_list.ClassListError, match=r"labelled 2 = 'class2'.*line 3 .* is 'class1'"):
+    _specs({"k400": _video_cfg(tmp_path)})
+
+
+def test_class_count_must_match_the_class_list(tmp_path):
+  data_files.write_dmvr(tmp_path, "train", [0, 1], num_classes=3)
+  data_files.write_dmvr(tmp_path, "test", [0], num_classes=3)
+  with pytest.raises(sources.DatasetError, match=r"3 classes but num_classes = 5"):
+    _specs({"k400": _video_cfg(tmp_path, num_classes=5)})
