@@ -12,9 +12,11 @@ a run that was never interrupted):
 - params, optimizer state, step: the checkpoint's `state`;
 - RNG: derived from (seed, step) inside the step, nothing to save;
 - which dataset(s) each step trains on: derived from (seed, step) (mixture.py);
-- each dataset's input position: the checkpoint meta's `input_position`
-  (batches consumed per dataset, counted by the host loop; recomputed from the
-  mixture's choices for checkpoints without it). The pipeline restarts there
+- each dataset's input position: the checkpoint meta's `stream_positions`
+  (per input shard, the next record of its shuffled stream: skipped bad
+  records included) and `input_position` (batches consumed per dataset,
+  counted by the host loop; recomputed from the mixture's choices for
+  checkpoints without it). The pipeline restarts there
   by a deterministic skip, not by tf.data iterator checkpointing: its state is
   a few integers identical on every host, and iterator checkpoints would hold
   the shuffle buffer's (decoded) examples, per host, in every checkpoint;
@@ -39,6 +41,7 @@ import time
 import jax
 import numpy as np
 from clu import periodic_actions
+from jax.experimental import multihost_utils
 
 from cover_jax import checkpoint, evaluate, mixture, mixup, optim, sharding, train_state, writers
 from cover_jax import nonfinite, preemption, resume_checks, workdir as workdir_checks
@@ -70,7 +73,7 @@ class _Run:
   ckpt: checkpoint.Checkpointer
   writer: object
   eval_datasets: dict = dataclasses.field(default_factory=dict)  # built on first use
-  skip_counters: dict = dataclasses.field(default_factory=dict)  # dataset -> [SkipCounter]
+  skip_counters: dict = dataclasses.field(default_factory=dict)  # dataset -> {shard: SkipCounter}
   resumed_meta: dict | None = None  # meta of the checkpoint resumed from
   rules: tuple = sharding.LOGICAL_AXIS_RULES  # logical axis -> mesh axes (config.axis_rules)
 
@@ -205,15 +208,20 @@ def _train_iterators(run: _Run, consumed: dict[str, int]) -> dict:
   num_shards = shards.resolve_num_shards(cfg.input.shards, jax.process_count())
   owned = shards.owned_shards(num_shards, jax.process_index(), jax.process_count())
 
+  saved = (run.resumed_meta or {}).get("stream_positions") or {}
+
   def reader(spec):
     def read(shard):
+      # Where this shard's stream stopped (skips included); older checkpoints: from batches.
+      positions = saved.get(spec.name)
+      start = (int(positions[shard]) if positions and len(positions) == num_shards
+               else consumed[spec.name] * (spec.config.batch_size // num_shards))
       batches = pipeline.train_dataset(
           spec, global_seed=cfg.seed, mean=cfg.input.mean, std=cfg.input.std,
           process_index=shard, process_count=num_shards,
-          start_batch=consumed[spec.name]).as_numpy_iterator()
-      local_batch = spec.config.batch_size // num_shards
-      counter = pipeline.SkipCounter(spec.name, batches, consumed[spec.name] * local_batch)
-      run.skip_counters.setdefault(spec.name, []).append(counter)
+          start_position=start).as_numpy_iterator()
+      counter = pipeline.SkipCounter(spec.name, batches, start)
+      run.skip_counters.setdefault(spec.name, {})[shard] = counter
       return counter
     return read
   return {name: shards.concatenated(reader(spec), owned) for name, spec in run.specs.items()}
@@ -311,8 +319,26 @@ def _save_checkpoint(run: _Run, done: int, positions: dict[str, int],
   meta = {"step": done, "config": run.config.to_json(),
           # predict / init_from read these names.
           "class_names": {n: list(s.class_names) for n, s in run.specs.items()},
-          "input_position": dict(positions), "nonfinite": tracked.nonfinite.state()}
+          "input_position": dict(positions), "stream_positions": _stream_positions(run),
+          "nonfinite": tracked.nonfinite.state()}
   run.ckpt.save(done, run.state, meta)
+
+
+def _stream_positions(run: _Run) -> dict[str, list[int]]:
+  """Each dataset's next stream position per input shard, from every process.
+
+  A collective when there are several processes (all of them save): each
+  process knows only the shards it reads, and process 0 writes the meta.
+  """
+  names = sorted(run.skip_counters)
+  num_shards = shards.resolve_num_shards(run.config.input.shards, jax.process_count())
+  local = np.zeros((len(names), num_shards), np.int32)  # every shard is read by one process
+  for i, name in enumerate(names):
+    for shard, counter in run.skip_counters[name].items():
+      local[i, shard] = counter.next_position
+  if jax.process_count() > 1:
+    local = np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
+  return {name: [int(p) for p in local[i]] for i, name in enumerate(names)}
 
 
 def _due(done: int, every: int, last: int | None) -> bool:
@@ -321,8 +347,8 @@ def _due(done: int, every: int, last: int | None) -> bool:
 
 def _log_train(run: _Run, tracked: _TrainMetrics, done: int, last_log):
   scalars = tracked.summary()
-  for name, counters in run.skip_counters.items():  # since this process started
-    scalars[f"train/{name}/skipped_records"] = float(sum(c.skipped for c in counters))
+  for name, counters in run.skip_counters.items():  # this process's shards, since it started
+    scalars[f"train/{name}/skipped_records"] = float(sum(c.skipped for c in counters.values()))
   run.writer.write_scalars(done, scalars)
   now = time.monotonic()
   steps_per_sec = (done - last_log[0]) / max(now - last_log[1], 1e-9)

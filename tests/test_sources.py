@@ -140,6 +140,32 @@ def test_each_kind_of_bad_record_is_skipped_and_counted(tmp_path, bad):
   assert all("index" not in b and sorted(b["label"]) == [0, 0, 1, 1, 2] for b in seen)
 
 
+def test_restart_at_the_recorded_stream_position_is_exact_despite_skips(tmp_path):
+  # A skipped record moves the stream one record past batches x batch size:
+  # restarting from the batch count would repeat one example, from the position not.
+  data_files.write_dmvr(tmp_path, "train", [0, 1, 2, 0, 1, 2, 0], num_classes=3, shards=1,
+                        extra=[_bad_records()[0]])
+  data_files.write_dmvr(tmp_path, "test", [0], num_classes=3, shards=1)
+  spec = _specs({"d": _video_cfg(tmp_path, batch_size=3, shuffle_buffer=4)})["d"]
+
+  def stream(**start):
+    batches = pipeline.train_dataset(spec, global_seed=0, mean=MEAN, std=STD, **start)
+    return pipeline.SkipCounter("d", batches.as_numpy_iterator(),
+                                start.get("start_position", 0))
+  whole = stream()
+  expected = [next(whole) for _ in range(6)]
+  first = stream()
+  [next(first) for _ in range(3)]
+  assert first.skipped >= 1  # the corrupt record came by before the restart
+  resumed = stream(start_position=first.next_position)
+  for want in expected[3:]:
+    got = next(resumed)
+    np.testing.assert_array_equal(got["video"], want["video"])
+    np.testing.assert_array_equal(got["label"], want["label"])
+  by_batches = stream(start_batch=3)
+  assert not np.array_equal(next(by_batches)["video"], expected[3]["video"])
+
+
 def test_unreadable_image_files_are_skipped_and_counted(tmp_path):
   data_files.write_image_folder(tmp_path, "train", {"a": 2, "b": 2})
   data_files.write_image_folder(tmp_path, "test", {"a": 1, "b": 1})

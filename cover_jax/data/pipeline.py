@@ -22,8 +22,10 @@ skips as test videos expected but not seen.
 Images are videos with T=1. Randomness is stateless, seeded by (dataset seed,
 stream position), so a pipeline is deterministic for a seed and can restart at
 any batch by skipping raw records (cheap: nothing is decoded before the skip)
-instead of replaying augmentation. A restart is exact when no example was
-skipped before it; each skipped example shifts a resumed stream by one.
+instead of replaying augmentation. Skipped examples make the stream position
+run ahead of batches x batch size, so checkpoints record each shard's position
+(`SkipCounter.next_position`, `train_dataset(start_position=...)`) and a
+restart is exact either way.
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ def _train_example(spec: DatasetSpec, seed: int, mean, std):
 
 
 def train_dataset(spec: DatasetSpec, *, global_seed: int, mean, std, process_index: int = 0,
-                  process_count: int = 1, start_batch: int = 0) -> tf.data.Dataset:
+                  process_count: int = 1, start_batch: int = 0,
+                  start_position: int | None = None) -> tf.data.Dataset:
   """Infinite, deterministic stream of per-process training batches.
 
   Batches hold 'video', 'label' and 'index' (each example's stream position;
@@ -200,7 +203,11 @@ def train_dataset(spec: DatasetSpec, *, global_seed: int, mean, std, process_ind
 
   Args:
     start_batch: how many batches of this dataset were already consumed (for
-      resuming): the stream continues exactly where such a run would be.
+      resuming): the stream continues exactly where such a run would be, if
+      no example was skipped before.
+    start_position: the stream position to continue from instead, as
+      `SkipCounter.next_position` of the interrupted run: exact also when
+      examples were skipped (each skip moves the stream one record further).
   """
   cfg = spec.config
   local_batch = cfg.batch_size // process_count
@@ -209,7 +216,7 @@ def train_dataset(spec: DatasetSpec, *, global_seed: int, mean, std, process_ind
   if cfg.cache:
     ds = ds.cache()
   ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  first_example = start_batch * local_batch
+  first_example = start_batch * local_batch if start_position is None else start_position
   ds = ds.skip(first_example)
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(first_example), ds)
   ds = ds.map(_train_example(spec, seed, mean, std), num_parallel_calls=AUTOTUNE,
