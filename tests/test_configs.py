@@ -96,3 +96,13 @@ def test_batch_size_must_divide_over_devices():
 def test_all_problems_reported_at_once():
   message = _error(**{"model.image_size": 30, "optimizer.name": "lamb"})
   assert "model.image_size" in message and "optimizer.name" in message
+
+
+def test_finetune_recipe_new_dataset_gets_a_new_head_and_needs_its_class_count():
+  config = load_config("configs/finetune.py", "dataset=hmdb51,classes=51,init=/w/tsf.pyth")
+  assert list(config.datasets) == ["hmdb51"] and config.datasets.hmdb51.num_classes == 51
+  assert config.init_from == "/w/tsf.pyth" and config.datasets.hmdb51.path == "/data/hmdb51"
+  with pytest.raises(ValueError, match="give its class count, e.g. classes=51"):
+    load_config("configs/finetune.py", "dataset=hmdb51")
+  with pytest.raises(ValueError, match="k400 has 400"):
+    load_config("configs/finetune.py", "dataset=k400,classes=10")

@@ -98,6 +98,9 @@ def experiment_config(names: list[str], arg: str | None, *, weights=None,
   config.log_every, config.eval_every, config.checkpoint_every = 100, 5000, 1000
   config.model = config_defaults.model_config(variant=arg.variant, num_frames=arg.frames,
                                                stochastic_depth=0.1)
+  # The weights these recipes start from (ViT ImageNet-21k .npz, released
+  # TimeSformer checkpoints) expect [0, 1] frames normalised with mean = std = 0.5.
+  config.input.mean, config.input.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
   # TimeSformer's fine-tuning recipe: SGD with momentum, cosine decay.
   config.optimizer = config_defaults.optimizer_config(
       name="sgd", learning_rate=0.005, warmup_steps=1000, weight_decay=1e-4)
