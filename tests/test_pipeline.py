@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cover_jax.data import pipeline
+from cover_jax.data import augment, pipeline
 
 
 @pytest.fixture
@@ -83,14 +83,14 @@ def test_random_crop_and_flip_apply_to_whole_clip():
   frames = tf.random.stateless_uniform((4, 12, 12, 3), (1, 2), maxval=255, dtype=tf.int32)
   frames = tf.concat([frames[:1]] * 4, axis=0)  # identical frames
   for seed in range(6):
-    clip = pipeline.random_flip(pipeline.random_crop(frames, 8, (seed, 0)), (seed, 1)).numpy()
+    clip = augment.random_flip(augment.random_crop(frames, 8, (seed, 0)), (seed, 1)).numpy()
     for t in range(1, 4):  # same window and same flip on every frame
       np.testing.assert_array_equal(clip[t], clip[0])
 
 
 def test_random_flip_flips_horizontally_sometimes():
   clip = tf.reshape(tf.range(2 * 3 * 4 * 1), (2, 3, 4, 1))
-  outs = {pipeline.random_flip(clip, (s, 0)).numpy().tobytes() for s in range(20)}
+  outs = {augment.random_flip(clip, (s, 0)).numpy().tobytes() for s in range(20)}
   assert outs == {clip.numpy().tobytes(), clip.numpy()[:, :, ::-1].tobytes()}
 
 
