@@ -7,8 +7,9 @@ on `--cores` tf.data threads:
   decode ceiling   tf.io.decode_jpeg of 8 frames per clip, from JPEG bytes in
                    memory, nothing else: the most any pipeline can reach
   train stages     the training pipeline (pipeline.train_dataset: 8 frames at
-                   224^2, random clip, crop, flip, normalise, batch) and the same
-                   cut short after each stage, to show where the time goes
+                   224^2, random clip, crop, flip, batch of uint8 clips; the
+                   trainer normalises on the devices) and the same cut short
+                   after each stage, to show where the time goes
   eval             pipeline.eval_dataset with K clips x S crops per video;
                    a clip here is one view (8 frames at 224^2)
 
@@ -36,7 +37,6 @@ from cover_jax import config_defaults  # noqa: E402
 from cover_jax.data import dmvr_format, pipeline, sources  # noqa: E402
 
 HEIGHT, WIDTH, CLIP_FRAMES, CROP = 256, 340, 8, 224
-MEAN, STD = (0.45,) * 3, (0.225,) * 3
 
 
 def _frames(rng, num_frames: int) -> np.ndarray:
@@ -102,7 +102,7 @@ def _spec(directory: str, **fields) -> pipeline.DatasetSpec:
 def train_stage(spec: pipeline.DatasetSpec, stage: str, cores: int) -> tf.data.Dataset:
   """The train pipeline up to `stage` (parse / decode / augment), unbatched, or in full."""
   if stage == "full":
-    return _threaded(pipeline.train_dataset(spec, global_seed=0, mean=MEAN, std=STD), cores)
+    return _threaded(pipeline.train_dataset(spec, global_seed=0), cores)
   cfg = spec.config
 
   def fn(index, raw):
@@ -115,7 +115,11 @@ def train_stage(spec: pipeline.DatasetSpec, stage: str, cores: int) -> tf.data.D
     clip = pipeline.decode_frames(chosen, True)
     if stage == "decode":
       return clip
-    return pipeline._augment_train_clip(clip, cfg, seeds[1:])  # pylint: disable=protected-access
+    clip = pipeline._augment_train_clip(clip, cfg, seeds[1:])  # pylint: disable=protected-access
+    if stage == "augment":
+      return clip
+    # What normalising on the host (float32, as before) would add.
+    return (tf.cast(clip, tf.float32) / 255.0 - 0.45) / 0.225
 
   ds = spec.source.read(cfg.train_split, 0, 1).repeat().shuffle(64, seed=0)
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(), ds)
@@ -142,11 +146,12 @@ def main() -> None:
     for stage, label in (("parse", "train: read + parse + pick 8 frames"),
                          ("decode", "train: ... + decode the 8 frames"),
                          ("augment", "train: ... + crop + flip (uint8)"),
-                         ("full", "train pipeline (+ normalise, batch)")):
+                         ("host_float", "(not used) ... + normalise to float32 on host"),
+                         ("full", "train pipeline (+ batch: what trains)")):
       per_element = args.batch if stage == "full" else 1
       rows.append((label, clips_per_second(train_stage(spec, stage, args.cores), per_element,
                                            args.seconds)))
-    eval_ds, _ = pipeline.eval_dataset(spec, mean=MEAN, std=STD)
+    eval_ds, _ = pipeline.eval_dataset(spec)
     eval_ds = _threaded(eval_ds.repeat(), args.cores)
     rows.append((f"eval pipeline ({clips}x{crops} views; a clip = a view)",
                  clips_per_second(eval_ds, 4 * clips * crops, args.seconds)))

@@ -49,14 +49,20 @@ def view_counts(logits_bvc, labels_b, mask_b) -> dict:
           "video_count": mask.sum()}
 
 
-def multiview_eval_step(params, batch: dict, *, graphdef, heads) -> dict:
-  """Counts for one batch {'video': (B, V, T, H, W, 3), 'label': (B,), 'mask': (B,)}.
+def normalise(video_uint8, mean, std):
+  """uint8 pixels -> float32 (x / 255 - mean) / std, as the training pipeline normalises."""
+  return ((video_uint8.astype(jnp.float32) / 255.0 - jnp.asarray(mean, jnp.float32))
+          / jnp.asarray(std, jnp.float32))
+
+
+def multiview_eval_step(params, batch: dict, *, graphdef, heads, mean, std) -> dict:
+  """Counts for one batch {'video': uint8 (B, V, T, H, W, 3), 'label': (B,), 'mask': (B,)}.
 
   `heads` is train_step.HeadSettings; the head is chosen by the batch's
-  `dataset_index` inside the step, as in training.
+  `dataset_index` inside the step, as in training. `mean`/`std`: config.input's.
   """
   model = nnx.merge(graphdef, params)
-  video = batch["video"]
+  video = normalise(batch["video"], mean, std)
   b, v = video.shape[:2]
   features = model.backbone(video.reshape((b * v,) + video.shape[2:]), deterministic=True)
 

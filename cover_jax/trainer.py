@@ -169,15 +169,27 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
                          micro_batches=config.grad_accum_steps,
                          mixup=mixup.settings_from_configs(
                              augment.config_of(specs[n].config) for n in names))
+  step = _normalising_inputs(step, config.input)
   replicated = sharding.replicated(mesh)
   step_fn = jax.jit(sharding.with_rules(step, rules), out_shardings=(state_shardings, replicated),
                     donate_argnums=0)
   eval_fn = jax.jit(sharding.with_rules(functools.partial(
-      evaluate.multiview_eval_step, graphdef=graphdef, heads=heads), rules),
+      evaluate.multiview_eval_step, graphdef=graphdef, heads=heads,
+      mean=tuple(config.input.mean), std=tuple(config.input.std)), rules),
                     out_shardings=replicated)
   writer = writers.create_writer(workdir, jax.process_index())
   return _Run(config, workdir, mesh, specs, heads, mix, state, start_step, step_fn, eval_fn,
               ckpt, writer, resumed_meta=resumed_meta, rules=rules)
+
+
+def _normalising_inputs(step, input_config):
+  """`step` taking uint8 clips: normalised inside the same jitted step (pipeline.train_dataset)."""
+  mean, std = tuple(input_config.mean), tuple(input_config.std)
+
+  def normalised_step(state, batches, rng):
+    batches = tuple({**b, "video": evaluate.normalise(b["video"], mean, std)} for b in batches)
+    return step(state, batches, rng)
+  return normalised_step
 
 
 def _to_device(mesh, batch: dict, dataset_index: int, rules=None) -> dict:
@@ -217,8 +229,7 @@ def _train_iterators(run: _Run, consumed: dict[str, int]) -> dict:
       start = (int(positions[shard]) if positions and len(positions) == num_shards
                else consumed[spec.name] * (spec.config.batch_size // num_shards))
       batches = pipeline.train_dataset(
-          spec, global_seed=cfg.seed, mean=cfg.input.mean, std=cfg.input.std,
-          process_index=shard, process_count=num_shards,
+          spec, global_seed=cfg.seed, process_index=shard, process_count=num_shards,
           start_position=start).as_numpy_iterator()
       counter = pipeline.SkipCounter(spec.name, batches, start)
       run.skip_counters.setdefault(spec.name, {})[shard] = counter
@@ -363,7 +374,6 @@ def _log_train(run: _Run, tracked: _TrainMetrics, done: int, last_log):
 
 
 def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
-  cfg = run.config
   results = {}
   to_device = functools.partial(_to_device, run.mesh, rules=run.rules)
   with jax.set_mesh(run.mesh):
@@ -372,8 +382,8 @@ def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
         continue  # e.g. ImageNet-21k: no held-out split
       if name not in run.eval_datasets:
         run.eval_datasets[name], _ = pipeline.eval_dataset(
-            run.specs[name], mean=cfg.input.mean, std=cfg.input.std,
-            process_index=jax.process_index(), process_count=jax.process_count())
+            run.specs[name], process_index=jax.process_index(),
+            process_count=jax.process_count())
       ds = run.eval_datasets[name]
       results[name] = evaluate.evaluate_dataset(
           run.eval_fn, state.params, ds.as_numpy_iterator(), i, to_device,

@@ -26,10 +26,9 @@ def frames(label: int, num_frames: int, height: int = 20, width: int = 28) -> np
   return out
 
 
-def label_of(video_thwc: np.ndarray, mean: float = 0.0, std: float = 1 / 255) -> int:
-  """The label a clip's pixels encode; normalised clips: pass the normalisation's mean/std."""
-  red = (float(np.mean(video_thwc[..., 0])) * std + mean) * 255.0
-  return int(round(red / 40.0))
+def label_of(video_thwc: np.ndarray) -> int:
+  """The label a uint8 clip's pixels encode."""
+  return int(round(float(np.mean(video_thwc[..., 0])) / 40.0))
 
 
 def dmvr_record(label: int, num_frames: int = 6, *, text: str | None = None,

@@ -27,12 +27,15 @@ def test_video_level_is_the_mean_of_the_views_logits():
                                         shardings).params
   rng = np.random.default_rng(0)
   b, v = 3, 4  # 3 videos (the last one padding) x (2 clips x 2 crops)
-  video = rng.normal(size=(b, v, 4, 16, 16, 3)).astype(np.float32)
+  video = rng.integers(0, 256, size=(b, v, 4, 16, 16, 3), dtype=np.uint8)
+  mean_std = dict(mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+  normalised = (video / 255.0 - np.array(mean_std["mean"])) / np.array(mean_std["std"])
 
   # By hand: every view through the model on its own.
   model = nnx.merge(graphdef, params)
   logits = np.stack([[np.asarray(model.heads["motion"](model.backbone(
-      jnp.asarray(video[i, j][None]), deterministic=True)))[0] for j in range(v)]
+      jnp.asarray(normalised[i, j][None], jnp.float32), deterministic=True)))[0]
+      for j in range(v)]
       for i in range(b)])  # (B, V, C)
   mean = logits.mean(axis=1)
   # Video 0 labelled with its video-level prediction, video 1 with its first view's.
@@ -41,7 +44,7 @@ def test_video_level_is_the_mean_of_the_views_logits():
   batch = {"video": jnp.asarray(video), "label": jnp.asarray(labels), "mask": jnp.asarray(mask),
            "dataset_index": jnp.asarray(NAMES.index("motion"), jnp.int32)}
   counts = jax.jit(lambda p, x: evaluate.multiview_eval_step(
-      p, x, graphdef=graphdef, heads=HeadSettings(NAMES, (0.0,) * 3)))(params, batch)
+      p, x, graphdef=graphdef, heads=HeadSettings(NAMES, (0.0,) * 3), **mean_std))(params, batch)
 
   clip_hits = (logits.argmax(-1) == labels[:, None])[:2].sum()
   top5 = np.argsort(-logits, axis=-1)[..., :5]

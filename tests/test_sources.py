@@ -9,7 +9,6 @@ from cover_jax import config_defaults
 from cover_jax.data import class_list, pipeline, sources
 from tests import data_files
 
-MEAN, STD = (0.5,) * 3, (0.25,) * 3
 
 
 def _specs(datasets: dict, data_dir: str = "") -> dict:
@@ -21,13 +20,13 @@ def _specs(datasets: dict, data_dir: str = "") -> dict:
 
 
 def _train(spec, n, **kw):
-  ds = pipeline.train_dataset(spec, global_seed=0, mean=MEAN, std=STD, **kw)
+  ds = pipeline.train_dataset(spec, global_seed=0, **kw)
   return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
 
 
 def _assert_labels_match_pixels(batch):
   for video, label in zip(batch["video"], batch["label"]):
-    assert data_files.label_of(video, MEAN[0], STD[0]) == label
+    assert data_files.label_of(video) == label
 
 
 def _video_cfg(path, **kw):
@@ -46,7 +45,7 @@ def test_dmvr_records_train_and_eval(tmp_path):
   for batch in _train(spec, 3):
     assert batch["video"].shape == (4, 4, 16, 16, 3)
     _assert_labels_match_pixels(batch)
-  ds, num_batches = pipeline.eval_dataset(spec, mean=MEAN, std=STD)
+  ds, num_batches = pipeline.eval_dataset(spec)
   batches = list(ds.as_numpy_iterator())
   assert num_batches == len(batches) == 2
   assert batches[0]["video"].shape == (2, 6, 4, 16, 16, 3)  # 2 videos x (2 clips x 3 crops)
@@ -64,7 +63,7 @@ def test_image_folder_is_one_frame_videos_with_sorted_folder_classes(tmp_path):
   batch = _train(spec, 1)[0]
   assert batch["video"].shape == (4, 1, 16, 16, 3)
   _assert_labels_match_pixels(batch)
-  (evaluated,) = pipeline.eval_dataset(spec, mean=MEAN, std=STD)[0].as_numpy_iterator()
+  (evaluated,) = pipeline.eval_dataset(spec)[0].as_numpy_iterator()
   assert sorted(evaluated["label"].tolist()) == [0, 1, 2]
 
 
@@ -133,7 +132,7 @@ def test_each_kind_of_bad_record_is_skipped_and_counted(tmp_path, bad):
                         extra=[_bad_records()[bad]])
   data_files.write_dmvr(tmp_path, "test", [0], num_classes=3, shards=1)
   spec = _specs({"d": _video_cfg(tmp_path, batch_size=5, shuffle_buffer=1)})["d"]
-  batches = pipeline.train_dataset(spec, global_seed=0, mean=MEAN, std=STD).as_numpy_iterator()
+  batches = pipeline.train_dataset(spec, global_seed=0).as_numpy_iterator()
   counter = pipeline.SkipCounter("d", batches, first_position=0)
   seen = [next(counter) for _ in range(3)]
   assert counter.skipped == 2 and counter.next_position == 17  # 5 and 11 seen as gaps
@@ -149,7 +148,7 @@ def test_restart_at_the_recorded_stream_position_is_exact_despite_skips(tmp_path
   spec = _specs({"d": _video_cfg(tmp_path, batch_size=3, shuffle_buffer=4)})["d"]
 
   def stream(**start):
-    batches = pipeline.train_dataset(spec, global_seed=0, mean=MEAN, std=STD, **start)
+    batches = pipeline.train_dataset(spec, global_seed=0, **start)
     return pipeline.SkipCounter("d", batches.as_numpy_iterator(),
                                 start.get("start_position", 0))
   whole = stream()
@@ -176,7 +175,7 @@ def test_unreadable_image_files_are_skipped_and_counted(tmp_path):
                                        eval_batch_size=2, shuffle_buffer=1, eval_split="test")
   spec = _specs({"pics": cfg})["pics"]
   counter = pipeline.SkipCounter("pics", pipeline.train_dataset(
-      spec, global_seed=0, mean=MEAN, std=STD).as_numpy_iterator(), first_position=0)
+      spec, global_seed=0).as_numpy_iterator(), first_position=0)
   next(counter), next(counter)
   # Listed: a/0 a/1 a/gone b/0 b/1 b/junk, repeated: positions 2, 5, 8 are gaps so far.
   assert counter.skipped == 3 and counter.next_position == 11
@@ -188,7 +187,7 @@ def test_skipped_eval_videos_are_counted_and_padded(tmp_path):
                         extra=_bad_records())
   spec = _specs({"d": _video_cfg(tmp_path, eval_batch_size=4)})["d"]
   assert spec.num_test_examples == 6
-  ds, num_batches = pipeline.eval_dataset(spec, mean=MEAN, std=STD)
+  ds, num_batches = pipeline.eval_dataset(spec)
   batches = list(ds.as_numpy_iterator())
   assert num_batches == len(batches) == 2
   assert sum(int(b["mask"].sum()) for b in batches) == 3  # the 3 bad ones became padding
@@ -223,3 +222,19 @@ def test_class_count_must_match_the_class_list(tmp_path):
   data_files.write_dmvr(tmp_path, "test", [0], num_classes=3)
   with pytest.raises(sources.DatasetError, match=r"3 classes but num_classes = 5"):
     _specs({"k400": _video_cfg(tmp_path, num_classes=5)})
+
+
+def test_processes_read_their_own_files_in_training_and_exact_shares_in_eval(tmp_path):
+  data_files.write_dmvr(tmp_path, "train", [0, 1, 2, 0, 1, 2], num_classes=3, shards=2)
+  data_files.write_dmvr(tmp_path, "test", [0, 1, 2], num_classes=3, shards=2)
+  source = _specs({"d": _video_cfg(tmp_path)})["d"].source
+
+  def names(split, index, train):
+    return sorted(source.parse(raw)["name"].numpy().decode()
+                  for raw in source.read(split, index, 2, train=train))
+  train = [names("train", i, True) for i in range(2)]
+  assert not set(train[0]) & set(train[1]) and len(train[0] + train[1]) == 6
+  assert {n.split("_")[1] for n in train[0]} == {"0.mp4", "2.mp4", "4.mp4"}  # all of file 0, none of file 1
+  test = [names("test", i, False) for i in range(2)]
+  assert sorted(test[0] + test[1]) == ["test_0.mp4", "test_1.mp4", "test_2.mp4"]
+  assert [len(t) for t in test] == [source.num_examples("test", i, 2) for i in range(2)]

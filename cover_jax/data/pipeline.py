@@ -1,12 +1,12 @@
-"""One tf.data pipeline per dataset: encoded frames in, normalised clip batches out.
+"""One tf.data pipeline per dataset: encoded frames in, uint8 clip batches out.
 
 train: raw records (cached if configured) -> shuffle -> repeat -> number each
        example by its stream position -> [parse -> check label and frame count
        -> pick a random clip of T frames (looping short videos) -> decode only
        those T frames -> the dataset's augmentation (augment.py: crop / scale
        jitter / random resized crop, flip where allowed, RandAugment; one
-       transform for the whole clip)] -> normalise ->
-       drop failures -> batch.
+       transform for the whole clip)] -> drop failures -> batch (uint8;
+       normalised on the devices).
 eval:  every test video once -> [parse -> K evenly spaced clips (views.py) ->
        decode their frames -> S crops each] -> batches of videos with all
        K*S views, padded with a `mask` so every process runs the same number
@@ -167,18 +167,13 @@ def centre_crop(clip, size: int) -> tf.Tensor:
   return clip[:, top:top + size, left:left + size, :]
 
 
-def normalise(clip, mean, std) -> tf.Tensor:
-  clip = tf.cast(clip, tf.float32) / 255.0
-  return (clip - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
-
-
 def _augment_train_clip(clip_thwc_uint8, cfg, seeds) -> tf.Tensor:
   """The dataset's training augmentation of one uint8 clip (augment.py)."""
   return augment.train_augment(clip_thwc_uint8, augment.config_of(cfg), crop_size=cfg.crop_size,
                                flip=cfg.flip, crop_seed=seeds[0], flip_seed=seeds[1])
 
 
-def _train_example(spec: DatasetSpec, seed: int, mean, std):
+def _train_example(spec: DatasetSpec, seed: int):
   """The fallible per-example train map: (stream position, raw record) -> example."""
   cfg = spec.config
 
@@ -189,16 +184,18 @@ def _train_example(spec: DatasetSpec, seed: int, mean, std):
     clip = at_least(decode_frames(tf.gather(encoded, indices), spec.source.jpeg_only),
                     cfg.crop_size)
     clip = _augment_train_clip(clip, cfg, seeds[1:])
-    return {"video": normalise(clip, mean, std), "label": label, "index": index}
+    return {"video": clip, "label": label, "index": index}
   return fn
 
 
-def train_dataset(spec: DatasetSpec, *, global_seed: int, mean, std, process_index: int = 0,
+def train_dataset(spec: DatasetSpec, *, global_seed: int, process_index: int = 0,
                   process_count: int = 1, start_batch: int = 0,
                   start_position: int | None = None) -> tf.data.Dataset:
   """Infinite, deterministic stream of per-process training batches.
 
-  Batches hold 'video', 'label' and 'index' (each example's stream position;
+  Batches hold 'video' (uint8 (B, T, crop, crop, 3): normalised on the devices,
+  evaluate.normalise, since float32 clips cost 4x the host memory, copies and
+  transfer), 'label' and 'index' (each example's stream position;
   `SkipCounter` turns gaps into skip counts and drops the key).
 
   Args:
@@ -212,14 +209,14 @@ def train_dataset(spec: DatasetSpec, *, global_seed: int, mean, std, process_ind
   cfg = spec.config
   local_batch = cfg.batch_size // process_count
   seed = dataset_seed(global_seed, spec.name, process_index)
-  ds = spec.source.read(cfg.train_split, process_index, process_count)
+  ds = spec.source.read(cfg.train_split, process_index, process_count, train=True)
   if cfg.cache:
     ds = ds.cache()
   ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
   first_example = start_batch * local_batch if start_position is None else start_position
   ds = ds.skip(first_example)
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(first_example), ds)
-  ds = ds.map(_train_example(spec, seed, mean, std), num_parallel_calls=AUTOTUNE,
+  ds = ds.map(_train_example(spec, seed), num_parallel_calls=AUTOTUNE,
               deterministic=True)
   ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -246,14 +243,18 @@ def num_eval_views(cfg) -> int:
   return clips * cfg.eval_crops
 
 
-def eval_dataset(spec: DatasetSpec, *, mean, std, process_index: int = 0,
+def eval_dataset(spec: DatasetSpec, *, process_index: int = 0,
                  process_count: int = 1) -> tuple[tf.data.Dataset, int]:
   """Multi-view eval batches of videos, padded to equal counts on every process.
 
+  Views stay uint8: a batch of many videos x K*S views is 4x smaller than in
+  float32 on the host and on its way to the devices; the eval step normalises
+  (evaluate.multiview_eval_step).
+
   Returns:
-    (dataset, num_batches): batches hold 'video' (B, V, T, crop, crop, 3) with
-    V = K clips x S crops per video (clip-major), 'label' (B,), and 'mask' (B,)
-    (1 real video, 0 padding or a skipped video's place).
+    (dataset, num_batches): batches hold 'video' uint8 (B, V, T, crop, crop, 3)
+    with V = K clips x S crops per video (clip-major), 'label' (B,), and 'mask'
+    (B,) (1 real video, 0 padding or a skipped video's place).
   """
   cfg = spec.config
   local_batch = cfg.eval_batch_size // process_count
@@ -263,15 +264,15 @@ def eval_dataset(spec: DatasetSpec, *, mean, std, process_index: int = 0,
 
   def preprocess(raw):
     encoded, label = _checked(spec, raw)
-    video = normalise(_eval_views(spec, encoded), mean, std)
-    return {"video": video, "label": label, "mask": tf.constant(1, tf.int32)}
+    return {"video": _eval_views(spec, encoded), "label": label,
+            "mask": tf.constant(1, tf.int32)}
 
   ds = spec.source.read(cfg.eval_split, process_index, process_count)
   ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(
       log_warning=True)
   views_shape = (num_eval_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3)
   padding = tf.data.Dataset.from_tensors({
-      "video": tf.zeros(views_shape, tf.float32), "label": tf.constant(0, tf.int32),
+      "video": tf.zeros(views_shape, tf.uint8), "label": tf.constant(0, tf.int32),
       "mask": tf.constant(0, tf.int32)}).repeat()
   ds = ds.concatenate(padding).take(num_batches * local_batch)
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -281,7 +282,7 @@ def eval_dataset(spec: DatasetSpec, *, mean, std, process_index: int = 0,
 def check_readable(spec: DatasetSpec) -> None:
   """Fails fast, naming the dataset and the error, when none of its first records reads."""
   cfg = spec.config
-  fn = _train_example(spec, 0, (0.0,) * 3, (1.0,) * 3)
+  fn = _train_example(spec, 0)
   ds = tf.data.Dataset.zip(tf.data.Dataset.counter(),
                            spec.source.read(cfg.train_split, 0, 1).take(_PROBE_RECORDS))
   first_error = None

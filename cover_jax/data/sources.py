@@ -60,7 +60,9 @@ class Source:
   def describe(self) -> str:
     return f"{self.cfg.source} at {self.cfg.path or self.cfg.get('tfds_name', '')}"
 
-  def read(self, split: str, process_index: int, process_count: int) -> tf.data.Dataset:
+  def read(self, split: str, process_index: int, process_count: int, *,
+           train: bool = False) -> tf.data.Dataset:
+    """The raw records of one process's share (`train`: a share need not be exact)."""
     raise NotImplementedError
 
   def parse(self, raw) -> dict:
@@ -82,10 +84,17 @@ class _RecordFiles(Source):
     pattern = os.path.join(self.cfg.path, self.cfg.file_pattern.format(split=split))
     return sorted(tf.io.gfile.glob(pattern))
 
-  def read(self, split, process_index, process_count):
-    # Record-level sharding: exact per-process counts (equal eval batches) and
-    # the same stream for any file count; every process reads the bytes of all files.
-    ds = tf.data.TFRecordDataset(self.files(split), num_parallel_reads=None)
+  def read(self, split, process_index, process_count, *, train=False):
+    files = self.files(split)
+    if train and process_count > 1 and len(files) >= process_count:
+      # Training: each process reads only its files (a pod must not read the
+      # whole dataset on every host).
+      files = files[process_index::process_count]
+      process_count = 1
+    # Otherwise record-level sharding: exact per-process counts (equal eval
+    # batches), every process reads the bytes of all files. Files are read in
+    # parallel, interleaved deterministically.
+    ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8) or None)
     return ds.shard(process_count, process_index) if process_count > 1 else ds
 
   def num_examples(self, split, process_index=0, process_count=1):
@@ -203,7 +212,7 @@ class ImageFolder(Source):
       self._listed[split] = (paths, labels)
     return self._listed[split]
 
-  def read(self, split, process_index, process_count):
+  def read(self, split, process_index, process_count, *, train=False):
     paths, labels = self.listing(split)
     ds = tf.data.Dataset.from_tensor_slices({"path": tf.constant(paths, tf.string),
                                              "label": tf.constant(labels, tf.int64)})
@@ -237,7 +246,7 @@ class TfdsDataset(Source):
     return tfds.split_for_jax_process(split, process_index=process_index,
                                       process_count=process_count, drop_remainder=False)
 
-  def read(self, split, process_index, process_count):
+  def read(self, split, process_index, process_count, *, train=False):
     return self.builder.as_dataset(split=self._split(split, process_index, process_count),
                                    shuffle_files=False,
                                    decoders={self.key: tfds.decode.SkipDecoding()})
