@@ -263,7 +263,7 @@ class TfdsDataset(Source):
 
 
 def _named_tfds(name: str, cfg, data_dir: str) -> TfdsDataset:
-  from cover_jax.data import video_builders  # noqa: F401  registers cover_kinetics etc.
+  from cover_jax.data import video_builders  # pylint: disable=unused-import  # registers them
 
   if not cfg.tfds_name:
     raise _fail(name, "source 'tfds' needs a dataset name",
