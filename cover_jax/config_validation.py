@@ -226,7 +226,8 @@ def _check_dataset(field, ds, builders, model, num_devices, process_count) -> li
   from cover_jax.data import sources
 
   if ds.source not in sources.SOURCES:
-    return [_problem(f"{field}.source", ds.source, f"unknown source; known: {list(sources.SOURCES)}",
+    return [_problem(f"{field}.source", ds.source,
+                     f"unknown source; known: {list(sources.SOURCES)}",
                      f"--config.{field}.source=dmvr")]
   out = _check_source_fields(field, ds, builders)
   # Images are 1-frame videos; a 'tfds' dataset's kind is known once it is opened.

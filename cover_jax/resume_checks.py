@@ -37,7 +37,9 @@ BOOKKEEPING_FIELDS = ("total_steps", "log_every", "eval_every", "checkpoint_ever
                       # used only when there is no checkpoint to resume from
                       "init_from", "init.format", "init.heads", "init.head_map",
                       "init.posemb_resize")
-BOOKKEEPING_DATASET_FIELDS = ("eval_batch_size",)
+# How a dataset is evaluated does not change what is trained.
+BOOKKEEPING_DATASET_FIELDS = ("eval_batch_size", "eval_clips", "eval_crops", "eval_short_side",
+                              "eval_split")
 _MAX_LISTED = 8
 
 

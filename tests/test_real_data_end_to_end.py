@@ -1,11 +1,13 @@
 """End to end on real video files: prepare -> read -> train a few steps -> multi-view eval."""
 
 import json
+import subprocess
+import sys
 
 from cover_jax import trainer
 from cover_jax.data import prepare, video_records
 from tests import video_collections
-from tests.helpers import load_config
+from tests.helpers import REPO, load_config
 
 
 def test_prepare_read_train_and_evaluate_multi_view(tmp_path):
@@ -35,3 +37,14 @@ def test_prepare_read_train_and_evaluate_multi_view(tmp_path):
   # --mode=eval: the checkpoint gives the same numbers.
   again = trainer.evaluate_checkpoint(config, str(workdir))
   assert again["k400"] == result
+
+
+def test_main_stops_with_status_6_naming_a_dataset_without_records(tmp_path):
+  empty = tmp_path / "k400"
+  empty.mkdir()
+  result = subprocess.run(
+      [sys.executable, "-m", "cover_jax.main", f"--config=configs/k400.py:tiny=true,data={empty}",
+       f"--workdir={tmp_path / 'work'}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 6, result.stderr[-3000:]
+  assert "error: dataset 'k400': split 'train' has no examples" in result.stderr
+  assert "Check: config.datasets.k400.path" in result.stderr

@@ -1,6 +1,5 @@
 """Dataset sources: DMVR records, image folders, image records, TFDS by name; bad input."""
 
-import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -213,7 +212,8 @@ def test_class_list_that_disagrees_with_the_records_is_an_error(tmp_path):
   data_files.write_dmvr(tmp_path, "train", [0, 1, 2], num_classes=3)
   data_files.write_dmvr(tmp_path, "test", [0], num_classes=3)
   class_list.write_classes_txt(str(tmp_path), ["class0", "class2", "class1"])  # swapped
-  with pytest.raises(class_list.ClassListError, match=r"labelled 2 = 'class2'.*line 3 .* is 'class1'"):
+  with pytest.raises(class_list.ClassListError,
+                     match=r"labelled 2 = 'class2'.*line 3 .* is 'class1'"):
     _specs({"k400": _video_cfg(tmp_path)})
 
 
@@ -234,7 +234,8 @@ def test_processes_read_their_own_files_in_training_and_exact_shares_in_eval(tmp
                   for raw in source.read(split, index, 2, train=train))
   train = [names("train", i, True) for i in range(2)]
   assert not set(train[0]) & set(train[1]) and len(train[0] + train[1]) == 6
-  assert {n.split("_")[1] for n in train[0]} == {"0.mp4", "2.mp4", "4.mp4"}  # all of file 0, none of file 1
+  # All of file 0 (records 0, 2, 4), none of file 1.
+  assert {n.split("_")[1] for n in train[0]} == {"0.mp4", "2.mp4", "4.mp4"}
   test = [names("test", i, False) for i in range(2)]
   assert sorted(test[0] + test[1]) == ["test_0.mp4", "test_1.mp4", "test_2.mp4"]
   assert [len(t) for t in test] == [source.num_examples("test", i, 2) for i in range(2)]
