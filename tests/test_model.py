@@ -344,6 +344,8 @@ PARITY_CASES = [
     # (4x4 -> 2x3: rows [0, 2], cols [0, 1, 2]; 4x4 -> 5x5: [0, 0, 1, 2, 3]).
     ("divided_space_time", (2, 4, 16, 24, 3)),
     ("divided_space_time", (1, 3, 40, 40, 3)),
+    # Images (T=1): our temporal attention over one token is its value projection.
+    ("divided_space_time", (2, 1, 32, 32, 3)),
     ("joint_space_time", (2, 4, 16, 24, 3)),
     ("space_only", (2, 4, 16, 24, 3)),
 ]

@@ -182,17 +182,32 @@ class MultiHeadAttention(nnx.Module):
                rngs: nnx.Rngs | None) -> jax.Array:
     """Attends along `axis` of x (..., D); every other axis is a batch axis."""
     x_bld = jnp.moveaxis(x, axis, -2).astype(self.dtype)
-    qkv = jnp.einsum("...ld,dshk->...lshk", x_bld, self.qkv_kernel[...].astype(self.dtype))
-    qkv = qkv + self.qkv_bias[...].astype(self.dtype)
-    q_blhk, k_blhk, v_blhk = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    if self.attention_impl == "cudnn":
-      out_blhk = self._fused_attention(q_blhk, k_blhk, v_blhk)
+    if x_bld.shape[-2] == 1 and (deterministic or self.attention_dropout.rate == 0):
+      out_blhk = self._one_token_attention(x_bld)
     else:
-      out_blhk = self._einsum_attention(q_blhk, k_blhk, v_blhk, deterministic, rngs)
+      out_blhk = self._attention(x_bld, deterministic, rngs)
     out = jnp.einsum("...lhk,hkd->...ld", out_blhk, self.proj_kernel[...].astype(self.dtype))
     out = out + self.proj_bias[...].astype(self.dtype)
     out = self.dropout(out, deterministic=deterministic, rngs=rngs)
     return jnp.moveaxis(out, -2, axis)
+
+  def _one_token_attention(self, x_bld):
+    """Attention over a single token (the temporal attention of an image, T=1).
+
+    Its softmax weight is exactly 1, so the output is exactly the token's value
+    projection: q and k are not computed (an image step costs 1/T of a video one).
+    """
+    v_kernel = self.qkv_kernel[...][:, 2].astype(self.dtype)
+    return (jnp.einsum("...ld,dhk->...lhk", x_bld, v_kernel)
+            + self.qkv_bias[...][2].astype(self.dtype))
+
+  def _attention(self, x_bld, deterministic, rngs):
+    qkv = jnp.einsum("...ld,dshk->...lshk", x_bld, self.qkv_kernel[...].astype(self.dtype))
+    qkv = qkv + self.qkv_bias[...].astype(self.dtype)
+    q_blhk, k_blhk, v_blhk = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    if self.attention_impl == "cudnn":
+      return self._fused_attention(q_blhk, k_blhk, v_blhk)
+    return self._einsum_attention(q_blhk, k_blhk, v_blhk, deterministic, rngs)
 
   def _einsum_attention(self, q_blhk, k_blhk, v_blhk, deterministic, rngs):
     logits = jnp.einsum("...qhk,...lhk->...hql", q_blhk * self.scale, k_blhk)
