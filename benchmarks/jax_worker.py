@@ -18,12 +18,14 @@ import numpy as np
 
 import bench_common
 from cover_jax import config_defaults, flops, optim, sharding, train_state
+from cover_jax.models import timesformer
 from cover_jax.train_step import HeadSettings, bind_train_step
 
 _ARGS = argparse.ArgumentParser(description=__doc__)
 _ARGS.add_argument("--config", required=True)
 _ARGS.add_argument("--batch", type=int, default=0)
 _ARGS.add_argument("--dtype", default="")
+_ARGS.add_argument("--attention-impl", default="auto", help="model.attention_impl: auto|xla|cudnn")
 _ARGS.add_argument("--image-step", action="store_true", help="also compile and time a T=1 step")
 _ARGS.add_argument("--peak-size", type=int, default=0, help="matmul size for the peak (0: auto)")
 
@@ -34,10 +36,11 @@ def main() -> None:
   # Compile times are part of the result: never read them from a cache.
   jax.config.update("jax_enable_compilation_cache", False)
   config = bench_common.resolve_config(args.config, args.batch, args.dtype)
-  bench = StepBench(config)
+  bench = StepBench(config, args.attention_impl)
   ready = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
            "num_devices": jax.device_count(), "jax": jax.__version__,
-           "xla_flags": os.environ.get("XLA_FLAGS", ""), **bench.setup("video", config.frames)}
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "attention_impl": bench.attention_impl,
+           **bench.setup("video", config.frames)}
   if args.image_step:
     ready["image"] = bench.setup("image", 1)
   ready["peaks"] = matmul_peaks(config.dtype, args.peak_size)
@@ -48,13 +51,15 @@ def main() -> None:
 class StepBench:
   """One compiled train step per input kind, with its state and batch."""
 
-  def __init__(self, config: bench_common.BenchConfig):
-
+  def __init__(self, config: bench_common.BenchConfig, attention_impl: str = "auto"):
     self.config = config
     self.model_config = config_defaults.model_config(
         variant=f"B/{config.patch_size}", width=config.width, depth=config.depth,
         num_heads=config.num_heads, mlp_dim=config.mlp_dim, image_size=config.image_size,
-        num_frames=config.frames, dtype=config.dtype, head_init_std=0.02)
+        num_frames=config.frames, dtype=config.dtype, head_init_std=0.02,
+        attention_impl=attention_impl)
+    self.attention_impl = timesformer.resolve_attention_impl(
+        attention_impl, config.dtype, config.width // config.num_heads, 0.0)
     opt_config = config_defaults.optimizer_config(warmup_steps=10)
     tx = optim.build_optimizer(opt_config, total_steps=1000)
     self.mesh = sharding.make_mesh((-1, 1, 1))

@@ -39,6 +39,20 @@ def _problem(field: str, value, why: str, fix: str) -> str:
   return f"config.{field} = {value!r}: {why.rstrip('.')}. Fix: {fix}"
 
 
+def _check_attention_impl(model, head_dim: int) -> list[str]:
+  impl = model.get("attention_impl", "auto")
+  if impl not in timesformer.ATTENTION_IMPLS:
+    return [_problem("model.attention_impl", impl,
+                     f"allowed: {', '.join(timesformer.ATTENTION_IMPLS)}",
+                     "--config.model.attention_impl=auto")]
+  if impl != "cudnn" or not head_dim:
+    return []
+  problems = timesformer.cudnn_attention_problems(model.dtype, head_dim,
+                                                  model.attention_dropout)
+  return [_problem("model.attention_impl", impl, "cuDNN attention cannot run: "
+                   + "; ".join(problems), "--config.model.attention_impl=auto")] if problems else []
+
+
 def _check_model(model) -> list[str]:
   out = []
   try:
@@ -59,6 +73,7 @@ def _check_model(model) -> list[str]:
     out.append(_problem("model.attention_type", model.attention_type,
                         f"allowed: {', '.join(timesformer.ATTENTION_TYPES)}",
                         "--config.model.attention_type=divided_space_time"))
+  out += _check_attention_impl(model, width // heads if heads > 0 else 0)
   if model.image_size <= 0 or model.image_size % dims.patch_size:
     out.append(_problem("model.image_size", model.image_size,
                         f"must be a positive multiple of the patch size {dims.patch_size} "

@@ -56,8 +56,15 @@ def _attention(sequences: int, length: int, width: int) -> int:
 
 
 def _self_attention(sequences: int, length: int, width: int) -> int:
-  """Fused qkv, the attention itself, and the output projection."""
+  """Fused qkv, the attention itself, and the output projection.
+
+  Over a single token (the temporal attention of an image) the output is the
+  value projection (its softmax weight is exactly 1): v and the output
+  projection only.
+  """
   tokens = sequences * length
+  if length == 1:
+    return 2 * _dense(tokens, width, width)
   return (_dense(tokens, width, 3 * width) + _attention(sequences, length, width)
           + _dense(tokens, width, width))
 

@@ -344,6 +344,8 @@ PARITY_CASES = [
     # (4x4 -> 2x3: rows [0, 2], cols [0, 1, 2]; 4x4 -> 5x5: [0, 0, 1, 2, 3]).
     ("divided_space_time", (2, 4, 16, 24, 3)),
     ("divided_space_time", (1, 3, 40, 40, 3)),
+    # Images (T=1): our temporal attention over one token is its value projection.
+    ("divided_space_time", (2, 1, 32, 32, 3)),
     ("joint_space_time", (2, 4, 16, 24, 3)),
     ("space_only", (2, 4, 16, 24, 3)),
 ]
@@ -569,3 +571,21 @@ def test_bfloat16_compute_keeps_float32_params_and_tracks_float32_logits():
   assert scale > 0.1
   np.testing.assert_allclose(logits_half, logits_full, atol=0.05 * scale)
   assert not np.array_equal(np.asarray(logits_half), np.asarray(logits_full))  # really bf16
+
+
+# --- Attention implementation ------------------------------------------------
+
+
+def test_auto_attention_is_the_exact_einsum_path_off_gpu():
+  # On CPU (and in float32 anywhere) 'auto' must keep the reference-exact path.
+  model = build("divided_space_time", attention_impl="auto", dtype="bfloat16")
+  assert model.backbone.blocks[0].attn.attention_impl == "xla"
+  assert timesformer.resolve_attention_impl("auto", jnp.float32, 64, 0.0) == "xla"
+
+
+def test_cudnn_attention_refuses_what_it_cannot_run_and_says_why():
+  with pytest.raises(ValueError, match="float32.*bfloat16 or float16"):
+    build("divided_space_time", attention_impl="cudnn")
+  problems = timesformer.cudnn_attention_problems("bfloat16", 12, 0.1)
+  assert any("head dim 12" in p for p in problems)
+  assert any("attention_dropout 0.1" in p for p in problems)

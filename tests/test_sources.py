@@ -1,5 +1,6 @@
 """Dataset sources: DMVR records, image folders, image records, TFDS by name; bad input."""
 
+import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds

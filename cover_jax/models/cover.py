@@ -58,7 +58,8 @@ def build_model(model_config, num_classes: Mapping[str, int], rngs: nnx.Rngs) ->
       stochastic_depth=model_config.stochastic_depth,
       time_embed_init_std=model_config.get("time_embed_init_std", 0.0),
       dtype=jnp.dtype(model_config.dtype), remat=model_config.get("remat", "none"),
-      scan_layers=model_config.get("scan_layers", False), rngs=rngs)
+      scan_layers=model_config.get("scan_layers", False),
+      attention_impl=model_config.get("attention_impl", "auto"), rngs=rngs)
   return CoVeR(backbone, num_classes, head_init_std=model_config.get("head_init_std", 0.0),
                rngs=rngs)
 

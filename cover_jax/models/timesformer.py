@@ -47,6 +47,12 @@ from cover_jax import sharding
 from cover_jax.models import block_stack
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
+# How attention is computed: 'xla' is explicit einsums + softmax (any device,
+# attention dropout, bit-for-bit the reference math); 'cudnn' is cuDNN's fused
+# flash attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16, no
+# attention dropout); 'auto' picks cudnn where it can run, else xla.
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+_CUDNN_DTYPES = ("bfloat16", "float16")
 
 # name: (width, depth, heads, mlp_dim). ViT sizes as in big_vision; `Mu` is a
 # micro model for CPU demos and tests.
@@ -79,6 +85,34 @@ def decode_variant(variant: str) -> TimeSformerDims:
         f"{sorted(VARIANT_DIMS)} and PATCH a positive integer, e.g. 'B/16'.")
   width, depth, heads, mlp = VARIANT_DIMS[match["name"]]
   return TimeSformerDims(width, depth, heads, mlp, int(match["patch"]))
+
+
+def resolve_attention_impl(impl: str, dtype, head_dim: int, attention_dropout: float) -> str:
+  """'xla' or 'cudnn' for the configured `impl` (see ATTENTION_IMPLS)."""
+  if impl not in ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl {impl!r} not in {ATTENTION_IMPLS}")
+  problems = cudnn_attention_problems(dtype, head_dim, attention_dropout)
+  if impl == "cudnn" and problems:
+    raise ValueError("attention_impl 'cudnn' cannot run here: " + "; ".join(problems)
+                     + ". Use attention_impl='auto' or 'xla'.")
+  if impl == "auto":
+    return "xla" if problems else "cudnn"
+  return impl
+
+
+def cudnn_attention_problems(dtype, head_dim: int, attention_dropout: float) -> list[str]:
+  """Why cuDNN flash attention cannot run this model on this backend (empty: it can)."""
+  dtype = dtype if isinstance(dtype, str) else jnp.dtype(dtype).name
+  problems = []
+  if jax.default_backend() != "gpu":
+    problems.append(f"the JAX backend is {jax.default_backend()}, not gpu")
+  if dtype not in _CUDNN_DTYPES:
+    problems.append(f"compute dtype {dtype} (cuDNN flash attention needs bfloat16 or float16)")
+  if head_dim % 8 or head_dim > 128:
+    problems.append(f"head dim {head_dim} (cuDNN needs a multiple of 8, at most 128)")
+  if attention_dropout > 0:
+    problems.append(f"attention_dropout {attention_dropout} (the fused kernel has none here)")
+  return problems
 
 
 def _param(init, shape, logical_axes, rngs: nnx.Rngs) -> nnx.Param:
@@ -124,11 +158,13 @@ class MultiHeadAttention(nnx.Module):
   """
 
   def __init__(self, dim: int, num_heads: int, *, attention_dropout: float,
-               dropout: float, dtype, rngs: nnx.Rngs):
+               dropout: float, dtype, attention_impl: str = "xla", rngs: nnx.Rngs):
     if dim % num_heads:
       raise ValueError(f"width {dim} is not divisible by num_heads {num_heads}")
     head_dim = dim // num_heads
     self.num_heads, self.dtype = num_heads, dtype
+    self.attention_impl = resolve_attention_impl(attention_impl, dtype, head_dim,
+                                                 attention_dropout)
     self.scale = head_dim ** -0.5
     self.qkv_kernel = _param(nnx.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2, 3)),
                              (dim, 3, num_heads, head_dim),
@@ -146,17 +182,45 @@ class MultiHeadAttention(nnx.Module):
                rngs: nnx.Rngs | None) -> jax.Array:
     """Attends along `axis` of x (..., D); every other axis is a batch axis."""
     x_bld = jnp.moveaxis(x, axis, -2).astype(self.dtype)
-    qkv = jnp.einsum("...ld,dshk->...lshk", x_bld, self.qkv_kernel[...].astype(self.dtype))
-    qkv = qkv + self.qkv_bias[...].astype(self.dtype)
-    q_blhk, k_blhk, v_blhk = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    logits = jnp.einsum("...qhk,...lhk->...hql", q_blhk * self.scale, k_blhk)
-    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-    weights = self.attention_dropout(weights, deterministic=deterministic, rngs=rngs)
-    out_blhk = jnp.einsum("...hql,...lhk->...qhk", weights, v_blhk)
+    if x_bld.shape[-2] == 1 and (deterministic or self.attention_dropout.rate == 0):
+      out_blhk = self._one_token_attention(x_bld)
+    else:
+      out_blhk = self._attention(x_bld, deterministic, rngs)
     out = jnp.einsum("...lhk,hkd->...ld", out_blhk, self.proj_kernel[...].astype(self.dtype))
     out = out + self.proj_bias[...].astype(self.dtype)
     out = self.dropout(out, deterministic=deterministic, rngs=rngs)
     return jnp.moveaxis(out, -2, axis)
+
+  def _one_token_attention(self, x_bld):
+    """Attention over a single token (the temporal attention of an image, T=1).
+
+    Its softmax weight is exactly 1, so the output is exactly the token's value
+    projection: q and k are not computed (an image step costs 1/T of a video one).
+    """
+    v_kernel = self.qkv_kernel[...][:, 2].astype(self.dtype)
+    return (jnp.einsum("...ld,dhk->...lhk", x_bld, v_kernel)
+            + self.qkv_bias[...][2].astype(self.dtype))
+
+  def _attention(self, x_bld, deterministic, rngs):
+    qkv = jnp.einsum("...ld,dshk->...lshk", x_bld, self.qkv_kernel[...].astype(self.dtype))
+    qkv = qkv + self.qkv_bias[...].astype(self.dtype)
+    q_blhk, k_blhk, v_blhk = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
+    if self.attention_impl == "cudnn":
+      return self._fused_attention(q_blhk, k_blhk, v_blhk)
+    return self._einsum_attention(q_blhk, k_blhk, v_blhk, deterministic, rngs)
+
+  def _einsum_attention(self, q_blhk, k_blhk, v_blhk, deterministic, rngs):
+    logits = jnp.einsum("...qhk,...lhk->...hql", q_blhk * self.scale, k_blhk)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+    weights = self.attention_dropout(weights, deterministic=deterministic, rngs=rngs)
+    return jnp.einsum("...hql,...lhk->...qhk", weights, v_blhk)
+
+  def _fused_attention(self, q_blhk, k_blhk, v_blhk):
+    """cuDNN flash attention; it takes one batch axis, so the leading ones are merged."""
+    lead, token_shape = q_blhk.shape[:-3], q_blhk.shape[-3:]
+    q, k, v = (a.reshape((-1,) + token_shape) for a in (q_blhk, k_blhk, v_blhk))
+    out = jax.nn.dot_product_attention(q, k, v, scale=self.scale, implementation="cudnn")
+    return out.reshape(lead + token_shape)
 
 
 class Mlp(nnx.Module):
@@ -180,9 +244,10 @@ class Block(nnx.Module):
 
   def __init__(self, dims: TimeSformerDims, attention_type: str, *,
                dropout: float, attention_dropout: float, drop_path_rate: float,
-               dtype, rngs: nnx.Rngs):
+               dtype, attention_impl: str = "xla", rngs: nnx.Rngs):
     d = dims.width
-    attn_kw = dict(attention_dropout=attention_dropout, dropout=dropout, dtype=dtype, rngs=rngs)
+    attn_kw = dict(attention_dropout=attention_dropout, dropout=dropout, dtype=dtype,
+                   attention_impl=attention_impl, rngs=rngs)
     self.attention_type, self.drop_path_rate = attention_type, drop_path_rate
     self.norm1 = _layer_norm(d, rngs)
     self.attn = MultiHeadAttention(d, dims.num_heads, **attn_kw)
@@ -241,7 +306,7 @@ class TimeSformer(nnx.Module):
                attention_type: str = "divided_space_time", dropout: float = 0.0,
                attention_dropout: float = 0.0, stochastic_depth: float = 0.0,
                time_embed_init_std: float = 0.0, dtype=jnp.float32, remat: str = "none",
-               scan_layers: bool = False, rngs: nnx.Rngs):
+               scan_layers: bool = False, attention_impl: str = "auto", rngs: nnx.Rngs):
     if attention_type not in ATTENTION_TYPES:
       raise ValueError(f"attention_type {attention_type!r} not in {ATTENTION_TYPES}")
     if remat not in block_stack.REMAT_POLICIES:
@@ -273,7 +338,7 @@ class TimeSformer(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
     make_block = lambda rate, rngs: Block(
         dims, attention_type, dropout=dropout, attention_dropout=attention_dropout,
-        drop_path_rate=float(rate), dtype=dtype, rngs=rngs)
+        drop_path_rate=float(rate), dtype=dtype, attention_impl=attention_impl, rngs=rngs)
     if scan_layers:  # one Block whose parameters carry a leading `layers` axis
       self.blocks = block_stack.make_stacked(lambda r: make_block(0.0, r), dims.depth, rngs)
     else:
