@@ -6,7 +6,7 @@ The datasets (built on first use into `config.data_dir`, no network):
               (classes in time-reversed pairs; never flipped)
   images      ImageNet-like: single frames of objects, more classes
 
-Main job (about 5 minutes on 2 CPU cores):
+Main job (about 8 minutes on 2 CPU cores, install included):
   python -m cover_jax.main --config=configs/demo.py --workdir=/tmp/cover_demo
 
 The paper's comparison at toy scale (one dataset / several videos / videos +
