@@ -1,4 +1,4 @@
-"""The pure training and evaluation steps.
+"""The pure training step (evaluation: evaluate.multiview_eval_step).
 
 `train_step(state, batches, rng) -> (state, metrics)` is a plain function of
 arrays: the model's graph definition, the optimizer and the per-dataset loss
@@ -135,31 +135,6 @@ def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *,
              "grad_norm": grad_norm,
              "learning_rate": learning_rate_fn(state.step)}
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-
-def eval_step(params, batch: dict, *, graphdef, heads: HeadSettings):
-  """Summed top-1/top-5 hits, loss and example count over the real examples."""
-  model = nnx.merge(graphdef, params)
-  features = model.backbone(batch["video"], deterministic=True)
-  mask = batch["mask"].astype(jnp.float32)
-
-  def branch(i):
-    def f(features, labels):
-      logits = model.heads[heads.dataset_names[i]](features)
-      return _masked_counts(logits, labels, mask)
-    return f
-  branches = [branch(i) for i in range(len(heads.dataset_names))]
-  return jax.lax.switch(batch["dataset_index"], branches, features, batch["label"])
-
-
-def _masked_counts(logits, labels, mask):
-  k = min(5, logits.shape[-1])
-  top_k = jax.lax.top_k(logits, k)[1]
-  top1 = (top_k[:, 0] == labels).astype(jnp.float32)
-  top5 = (top_k == labels[:, None]).any(axis=-1).astype(jnp.float32)
-  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {"top1": (top1 * mask).sum(), "top5": (top5 * mask).sum(),
-          "loss": (loss * mask).sum(), "count": mask.sum()}
 
 
 def bind_train_step(graphdef, tx, heads: HeadSettings, loss_weights, learning_rate_fn,

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cover_jax import checkpoint, optim, sharding, train_state
-from cover_jax.train_step import HeadSettings, bind_train_step, eval_step
+from cover_jax.train_step import HeadSettings, bind_train_step
 from tests.helpers import load_config
 
 NAMES = ("appearance", "images", "motion")
@@ -120,19 +120,6 @@ def test_dropout_rng_is_folded_with_the_step(setup):
   finally:
     with config.unlocked():
       config.model.dropout = 0.0
-
-
-def test_eval_step_counts_only_real_examples(setup):
-  config, _, _, graphdef, *_, init = setup
-  state = init()
-  batch = _batch("appearance", 4)
-  batch["mask"] = jnp.asarray([1, 1, 1, 0], jnp.int32)
-  counts = jax.jit(lambda p, b: eval_step(p, b, graphdef=graphdef,
-                                          heads=HeadSettings(NAMES, (0.0,) * 3)))(state.params, batch)
-  assert float(counts["count"]) == 3.0
-  # Zero-init heads: all logits tie, top-5 of 12 classes is 5 arbitrary ones.
-  assert 0.0 <= float(counts["top1"]) <= float(counts["top5"]) <= 3.0
-  np.testing.assert_allclose(counts["loss"], 3 * np.log(12), rtol=1e-5)
 
 
 def test_weight_decay_mask(setup):
