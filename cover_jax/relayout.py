@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 
+import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
@@ -49,11 +50,7 @@ def read_state(step_dir: str) -> dict:
 
 
 def _to_numpy(tree):
-  if isinstance(tree, dict):
-    return {k: _to_numpy(v) for k, v in tree.items()}
-  if isinstance(tree, (list, tuple)):
-    return type(tree)(_to_numpy(v) for v in tree)
-  return tree if tree is None else np.asarray(tree)
+  return jax.tree.map(np.asarray, tree)
 
 
 def relayout(workdir: str, output: str, scan_layers: bool | None = None) -> tuple[int, bool]:
