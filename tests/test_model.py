@@ -295,6 +295,25 @@ def test_reference_gelu_is_exact_erf():
                              rtol=1e-14)
 
 
+def test_exact_gelu_equals_jax_erf_gelu_in_value_and_gradient():
+  # The model's erf form must be the same function (and derivative) as
+  # jax.nn.gelu(approximate=False), and far from the tanh approximation.
+  x = jnp.linspace(-8.0, 8.0, 4001, dtype=jnp.float32)
+  np.testing.assert_allclose(timesformer.exact_gelu(x), jax.nn.gelu(x, approximate=False),
+                             atol=2e-6, rtol=1e-6)
+  grad = jax.vmap(jax.grad(timesformer.exact_gelu))(x)
+  np.testing.assert_allclose(grad, jax.vmap(jax.grad(lambda v: jax.nn.gelu(v, False)))(x),
+                             atol=2e-6)
+  assert float(jnp.max(jnp.abs(timesformer.exact_gelu(x) - jax.nn.gelu(x)))) > 1e-4
+
+
+def test_as_rows_flattens_tokens_and_keeps_their_order():
+  x = jnp.arange(2 * 3 * 4 * 5, dtype=jnp.float32).reshape(2, 3, 4, 5)
+  rows, lead = timesformer.as_rows(x)
+  assert rows.shape == (24, 5) and lead == (2, 3, 4)
+  np.testing.assert_array_equal(rows[1 * 12 + 2 * 4 + 3], x[1, 2, 3])
+
+
 @pytest.mark.parametrize("input_scale", [1.0, 1e-3])  # tiny inputs: LayerNorm eps matters
 @pytest.mark.parametrize("attention_type", ATTENTION_TYPES)
 def test_single_block_matches_reference(attention_type, input_scale):

@@ -186,8 +186,9 @@ class MultiHeadAttention(nnx.Module):
       out_blhk = self._one_token_attention(x_bld)
     else:
       out_blhk = self._attention(x_bld, deterministic, rngs)
-    out = jnp.einsum("...lhk,hkd->...ld", out_blhk, self.proj_kernel[...].astype(self.dtype))
-    out = out + self.proj_bias[...].astype(self.dtype)
+    out_mhk, lead = out_blhk.reshape((-1,) + out_blhk.shape[-2:]), out_blhk.shape[:-2]
+    out_md = jnp.einsum("mhk,hkd->md", out_mhk, self.proj_kernel[...].astype(self.dtype))
+    out = (out_md + self.proj_bias[...].astype(self.dtype)).reshape(lead + out_md.shape[-1:])
     out = self.dropout(out, deterministic=deterministic, rngs=rngs)
     return jnp.moveaxis(out, -2, axis)
 
@@ -198,12 +199,14 @@ class MultiHeadAttention(nnx.Module):
     projection: q and k are not computed (an image step costs 1/T of a video one).
     """
     v_kernel = self.qkv_kernel[...][:, 2].astype(self.dtype)
-    return (jnp.einsum("...ld,dhk->...lhk", x_bld, v_kernel)
-            + self.qkv_bias[...][2].astype(self.dtype))
+    x_md, lead = as_rows(x_bld)
+    v_mhk = jnp.einsum("md,dhk->mhk", x_md, v_kernel) + self.qkv_bias[...][2].astype(self.dtype)
+    return v_mhk.reshape(lead + v_mhk.shape[1:])
 
   def _attention(self, x_bld, deterministic, rngs):
-    qkv = jnp.einsum("...ld,dshk->...lshk", x_bld, self.qkv_kernel[...].astype(self.dtype))
-    qkv = qkv + self.qkv_bias[...].astype(self.dtype)
+    x_md, lead = as_rows(x_bld)
+    qkv_mshk = jnp.einsum("md,dshk->mshk", x_md, self.qkv_kernel[...].astype(self.dtype))
+    qkv = (qkv_mshk + self.qkv_bias[...].astype(self.dtype)).reshape(lead + qkv_mshk.shape[1:])
     q_blhk, k_blhk, v_blhk = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
     if self.attention_impl == "cudnn":
       return self._fused_attention(q_blhk, k_blhk, v_blhk)
@@ -223,6 +226,28 @@ class MultiHeadAttention(nnx.Module):
     return out.reshape(lead + token_shape)
 
 
+def as_rows(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
+  """(..., D) -> ((M, D), leading shape): tokens as the rows of one matrix.
+
+  A weight matmul on (M, D) rows rather than on (B, N, T, D) is the same
+  math, but XLA:CPU then computes the weight gradient as one plain
+  (D, M) x (M, F) matmul; with several contracted token axes it transposed
+  the gradient in memory first and ran a slower kernel (benchmarks/NOTES.md).
+  The reshape is free (row-major).
+  """
+  return x.reshape(-1, x.shape[-1]), x.shape[:-1]
+
+
+def exact_gelu(x: jax.Array) -> jax.Array:
+  """Exact (erf) GELU written as PyTorch writes it: x/2 * (1 + erf(x/sqrt(2))).
+
+  Same function as `jax.nn.gelu(approximate=False)`, which goes through erfc;
+  on XLA:CPU erf is one vectorised rational polynomial while erfc branches
+  (select) and calls exp, which made GELU a visible share of a CPU step.
+  """
+  return 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(2.0 ** -0.5, x.dtype)))
+
+
 class Mlp(nnx.Module):
   def __init__(self, dim: int, mlp_dim: int, *, dropout: float, dtype, rngs: nnx.Rngs):
     self.fc1 = nnx.Linear(dim, mlp_dim, dtype=dtype, rngs=rngs,
@@ -234,9 +259,11 @@ class Mlp(nnx.Module):
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(self, x, *, deterministic: bool, rngs: nnx.Rngs | None):
-    h = jax.nn.gelu(self.fc1(x), approximate=False)
-    h = self.dropout(h, deterministic=deterministic, rngs=rngs)
-    return self.dropout(self.fc2(h), deterministic=deterministic, rngs=rngs)
+    x_md, lead = as_rows(x)
+    h_mf = exact_gelu(self.fc1(x_md))
+    h_mf = self.dropout(h_mf, deterministic=deterministic, rngs=rngs)
+    out_md = self.dropout(self.fc2(h_mf), deterministic=deterministic, rngs=rngs)
+    return out_md.reshape(lead + out_md.shape[-1:])
 
 
 class Block(nnx.Module):
@@ -279,7 +306,8 @@ class Block(nnx.Module):
     kw = dict(deterministic=deterministic, rngs=rngs)
     # (a) Temporal attention over T for each patch position; cls excluded.
     res_bntd = self.temporal_attn(self.temporal_norm1(x_bntd), 2, **kw)
-    res_bntd = self.temporal_fc(self._drop_path(res_bntd, deterministic, rngs))
+    res_md, lead = as_rows(self._drop_path(res_bntd, deterministic, rngs))
+    res_bntd = self.temporal_fc(res_md).reshape(lead + res_md.shape[-1:])
     xt_bntd = x_bntd + res_bntd
     # (b) Spatial attention within each frame over [cls, N patches].
     b, _, t, d = xt_bntd.shape
