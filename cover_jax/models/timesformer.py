@@ -378,10 +378,16 @@ class TimeSformer(nnx.Module):
     """Per-frame p x p patch embedding (a conv with kernel = stride = p)."""
     b, t, h, w, c = x_bthwc.shape
     p = self.dims.patch_size
-    patches = x_bthwc.astype(self.dtype).reshape(b, t, h // p, p, w // p, p, c)
-    x = jnp.einsum("btyixjc,ijcd->byxtd", patches, self.patch_kernel[...].astype(self.dtype))
-    x = x + self.patch_bias[...].astype(self.dtype)
-    return x.reshape(b, (h // p) * (w // p), t, -1)  # n = row * grid_w + col
+    gh, gw = h // p, w // p
+    # One copy regroups the pixels into patch rows in token order (b, n, t),
+    # n = row * grid_w + col; the matmul (and its weight gradient) then runs
+    # on those rows, and XLA does not regroup the pixels a second time,
+    # transposed, for the kernel's gradient.
+    patches = x_bthwc.astype(self.dtype).reshape(b, t, gh, p, gw, p, c)
+    patches_mk = patches.transpose(0, 2, 4, 1, 3, 5, 6).reshape(b * gh * gw * t, p * p * c)
+    kernel_kd = self.patch_kernel[...].astype(self.dtype).reshape(p * p * c, -1)
+    x_md = patches_mk @ kernel_kd + self.patch_bias[...].astype(self.dtype)
+    return x_md.reshape(b, gh * gw, t, -1)
 
   def position_embedding(self, grid_h: int, grid_w: int) -> jax.Array:
     """(1 + N, D) position embedding, nearest-resized if the grid differs."""
