@@ -111,3 +111,26 @@ def test_finetune_recipe_new_dataset_gets_a_new_head_and_needs_its_class_count()
     load_config("configs/finetune.py", "dataset=hmdb51")
   with pytest.raises(ValueError, match="k400 has 400"):
     load_config("configs/finetune.py", "dataset=k400,classes=10")
+
+
+@pytest.mark.parametrize("arg", [None, "tiny=true"])
+def test_cover_recipe_matches_its_documented_sources(arg):
+  # The values configs/cover.py's docstring documents (paper abstract: video sets
+  # with different label spaces plus images as 1-frame clips; ours: which sets,
+  # mixture 'all', equal weights). Change the docstring with them.
+  from cover_jax import mixture
+  config = load_config("configs/cover.py", arg)
+  assert sorted(config.datasets) == ["in21k", "k400", "mit", "ssv2"]
+  assert config.mixture == "all"
+  assert {n: ds.weight for n, ds in config.datasets.items()} == dict.fromkeys(config.datasets, 1.0)
+  assert config.datasets.in21k.num_frames == 1
+  assert all(config.datasets[n].num_frames > 1 for n in ("k400", "ssv2", "mit"))
+  mix = mixture.DatasetMixture({n: ds.weight for n, ds in config.datasets.items()},
+                               config.mixture, config.seed)
+  every = mix.datasets_at(0)
+  assert sorted(every) == sorted(config.datasets) and mix.datasets_at(7) == every
+  assert mix.loss_weights(every) == (0.25,) * 4
+  if arg is None:
+    assert (config.model.variant, config.model.num_frames, config.model.image_size) == (
+        "B/16", 8, 224)
+    assert (config.optimizer.name, config.total_steps) == ("sgd", 30000)
