@@ -1,8 +1,9 @@
 """Benchmark worker for our training step (started by `train_step.py`).
 
 Builds the train state and the jitted step exactly as the trainer does (state
-sharded by the logical rules and donated, metrics left on the device), on a
-synthetic batch that already lives on the device, and times whole steps.
+sharded by the logical rules, held as a flat list of arrays and donated,
+metrics left on the device), on a synthetic batch that already lives on the
+device, and times whole steps.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 import bench_common
 from cover_jax import config_defaults, flops, optim, sharding, train_state
 from cover_jax.models import timesformer
-from cover_jax.train_step import HeadSettings, bind_train_step
+from cover_jax.train_step import FlatStateStep, HeadSettings, bind_train_step
 
 _ARGS = argparse.ArgumentParser(description=__doc__)
 _ARGS.add_argument("--config", required=True)
@@ -66,12 +67,12 @@ class StepBench:
     num_classes = {"bench": config.num_classes}
     graphdef, _, shardings = train_state.abstract_train_state(self.model_config, num_classes,
                                                               tx, self.mesh)
-    self.state = train_state.init_train_state(jax.random.key(0), self.model_config, num_classes,
-                                              tx, shardings)
+    state = train_state.init_train_state(jax.random.key(0), self.model_config, num_classes,
+                                         tx, shardings)
     step = bind_train_step(graphdef, tx, HeadSettings(("bench",), (0.0,)), (1.0,),
                            optim.learning_rate_schedule(opt_config, 1000))
-    self.jitted = jax.jit(step, out_shardings=(shardings, sharding.replicated(self.mesh)),
-                          donate_argnums=0)
+    self.step = FlatStateStep(step, shardings, sharding.replicated(self.mesh))
+    self.leaves = self.step.flatten(state)  # the state between steps, as the trainer keeps it
     self.rng = jax.random.key(1)
     self.run_fns = {}
 
@@ -93,11 +94,11 @@ class StepBench:
     batches = self._batch(frames)
     with jax.set_mesh(self.mesh):
       start = time.perf_counter()
-      compiled = self.jitted.lower(self.state, batches, self.rng).compile()
+      compiled = self.step.jitted.lower(self.leaves, batches, self.rng).compile()
       compile_s = time.perf_counter() - start
 
     def run_step():
-      self.state, metrics = compiled(self.state, batches, self.rng)
+      self.leaves, metrics = compiled(self.leaves, batches, self.rng)
       jax.block_until_ready(metrics)
 
     for _ in range(3):  # warm-up: allocations, caches, first-touch

@@ -148,3 +148,41 @@ def bind_train_step(graphdef, tx, heads: HeadSettings, loss_weights, learning_ra
   return functools.partial(train_step, graphdef=graphdef, tx=tx, heads=heads,
                            loss_weights=tuple(loss_weights), learning_rate_fn=learning_rate_fn,
                            micro_batches=micro_batches, **extra)
+
+
+class FlatStateStep:
+  """A jitted train step that takes and returns the state as a flat list of arrays.
+
+  A TrainState's parameters and optimizer moments are NNX Variables: passing
+  the state itself through `jax.jit` flattens its ~270 leaves in Python and
+  rebuilds them every step (about 0.4 + 1.3 ms of host time). A list of
+  arrays crosses the jit boundary in C++. The loop keeps the list between
+  steps and builds a TrainState only where one is needed (checkpoints,
+  evaluation): about 5% of an image step on a CPU host (benchmarks/NOTES.md).
+  """
+
+  def __init__(self, step, state_shardings, metrics_sharding):
+    leaf_shardings, self.treedef = jax.tree.flatten(state_shardings)
+
+    def flat_step(leaves, batches, rng):
+      state, metrics = step(jax.tree.unflatten(self.treedef, leaves), batches, rng)
+      return jax.tree.leaves(state), metrics
+    # The list is donated: its buffers become the next step's state.
+    self.jitted = jax.jit(flat_step, out_shardings=(leaf_shardings, metrics_sharding),
+                          donate_argnums=0)
+
+  def __call__(self, leaves, batches, rng):
+    return self.jitted(leaves, batches, rng)
+
+  def flatten(self, state) -> list:
+    leaves, treedef = jax.tree.flatten(state)
+    if treedef != self.treedef:
+      raise ValueError(f"state structure {treedef} differs from the step's {self.treedef}")
+    return leaves
+
+  def unflatten(self, leaves):
+    return jax.tree.unflatten(self.treedef, leaves)
+
+  def compilations(self) -> int:
+    """Compiled signatures so far (jit's own cache size, a JAX-internal API)."""
+    return self.jitted._cache_size()  # pylint: disable=protected-access

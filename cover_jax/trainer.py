@@ -48,7 +48,7 @@ from cover_jax import nonfinite, preemption, resume_checks, workdir as workdir_c
 from cover_jax.data import augment, pipeline, shards
 from cover_jax.models import block_stack
 from cover_jax.pretrained import loader as pretrained_loader
-from cover_jax.train_step import HeadSettings, bind_train_step
+from cover_jax.train_step import FlatStateStep, HeadSettings, bind_train_step
 
 NonFiniteLossError = nonfinite.NonFiniteLossError
 
@@ -68,7 +68,7 @@ class _Run:
   mixture: mixture.DatasetMixture
   state: object
   start_step: int
-  step_fn: object
+  step_fn: FlatStateStep
   eval_fn: object
   ckpt: checkpoint.Checkpointer
   writer: object
@@ -91,8 +91,7 @@ def train_and_evaluate(config, workdir: str) -> Outcome:
   run = _setup(config, workdir)
   try:
     train_top1 = _train_loop(run)
-    # jit's own cache size (JAX-internal API): one entry per compiled signature.
-    compilations = run.step_fn._cache_size()  # pylint: disable=protected-access
+    compilations = run.step_fn.compilations()  # one per distinct input shape
     logging.info("train step compiled %d time(s)", compilations)
     results = _evaluate_all(run, run.state, step=config.total_steps)
     table = _table(run, results, train_top1)
@@ -171,8 +170,7 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
                              augment.config_of(specs[n].config) for n in names))
   step = _normalising_inputs(step, config.input)
   replicated = sharding.replicated(mesh)
-  step_fn = jax.jit(sharding.with_rules(step, rules), out_shardings=(state_shardings, replicated),
-                    donate_argnums=0)
+  step_fn = FlatStateStep(sharding.with_rules(step, rules), state_shardings, replicated)
   eval_fn = jax.jit(sharding.with_rules(functools.partial(
       evaluate.multiview_eval_step, graphdef=graphdef, heads=heads,
       mean=tuple(config.input.mean), std=tuple(config.input.std)), rules),
@@ -286,12 +284,16 @@ def _train_loop(run: _Run) -> dict[str, float]:
   pending = None
   last_log = (run.start_step, time.monotonic())
   saved = run.start_step  # on disk, or (step 0) reproducible from the seed
+  # Between steps the state is a flat list of arrays (FlatStateStep);
+  # `run.state` is rebuilt from it only where a TrainState is needed.
+  leaves = run.step_fn.flatten(run.state)
   with jax.set_mesh(run.mesh), preemption.PreemptionWatch() as preempt:
     for step in range(run.start_step, cfg.total_steps):
       if preempt.reached(step):
         if pending is not None:
           tracked.add(*pending)  # never save a state reached through a non-finite step
         if step != saved:
+          run.state = run.step_fn.unflatten(leaves)
           _save_checkpoint(run, step, positions, tracked)
         raise preemption.Preempted(step, run.ckpt.directory)
       names = run.mixture.datasets_at(step)
@@ -299,7 +301,7 @@ def _train_loop(run: _Run) -> dict[str, float]:
                       for n in names)
       for name in names:
         positions[name] += 1
-      run.state, metrics = run.step_fn(run.state, batches, rng)
+      leaves, metrics = run.step_fn(leaves, batches, rng)
       if pending is not None:
         tracked.add(*pending)  # the previous step: its result is ready by now
       pending, done = (step, names, metrics), step + 1
@@ -309,6 +311,7 @@ def _train_loop(run: _Run) -> dict[str, float]:
         continue
       tracked.add(*pending)
       pending = None
+      run.state = run.step_fn.unflatten(leaves)
       if _due(done, cfg.log_every, cfg.total_steps):
         last_log = _log_train(run, tracked, done, last_log)
       if _due(done, cfg.checkpoint_every, cfg.total_steps):
@@ -316,6 +319,7 @@ def _train_loop(run: _Run) -> dict[str, float]:
         saved = done
       if _due(done, cfg.eval_every, None) and done < cfg.total_steps:
         _evaluate_all(run, run.state, done)
+    run.state = run.step_fn.unflatten(leaves)
     if preempt.reached(cfg.total_steps):  # the last step is saved: skip the final evaluation
       raise preemption.Preempted(cfg.total_steps, run.ckpt.directory)
   return tracked.last_top1

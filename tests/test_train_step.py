@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cover_jax import checkpoint, optim, sharding, train_state
-from cover_jax.train_step import HeadSettings, bind_train_step
+from cover_jax.train_step import FlatStateStep, HeadSettings, bind_train_step
 from tests.helpers import load_config
 
 NAMES = ("appearance", "images", "motion")
@@ -206,3 +206,27 @@ def test_training_past_a_damaged_step_can_save_it_again(setup, tmp_path):
 def test_no_checkpoint_restores_to_none(setup, tmp_path):
   abstract = setup[4]
   assert checkpoint.Checkpointer(str(tmp_path), max_to_keep=1).restore_latest(abstract) is None
+
+
+def test_flat_state_step_equals_the_train_state_step_and_round_trips(setup):
+  # The trainer's FlatStateStep must compute exactly the step it wraps, keep
+  # every leaf's sharding, and rebuild the same TrainState from its leaves.
+  config, mesh, tx, graphdef, _, shardings, init = setup
+  heads = HeadSettings(NAMES, (0.0,) * 3)
+  lr = optim.learning_rate_schedule(config.optimizer, config.total_steps)
+  flat = FlatStateStep(bind_train_step(graphdef, tx, heads, (1.0,), lr), shardings,
+                       sharding.replicated(mesh))
+  batches = (_batch("motion", 4),)
+  expected_state, expected_metrics = _step_fn(setup, donate=False)(init(), batches,
+                                                                   jax.random.key(0))
+  leaves, metrics = flat(flat.flatten(init()), batches, jax.random.key(0))
+  state = flat.unflatten(leaves)
+  assert jax.tree.structure(state) == jax.tree.structure(expected_state)
+  for got, want in zip(_leaves(state), _leaves(expected_state)):
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(metrics["loss"], expected_metrics["loss"])
+  for leaf, expected in zip(leaves, jax.tree.leaves(shardings)):
+    assert leaf.sharding.is_equivalent_to(expected, leaf.ndim)
+  assert int(state.step) == 1 and flat.compilations() == 1
+  with pytest.raises(ValueError, match="differs"):
+    flat.flatten({"not": "a train state"})
