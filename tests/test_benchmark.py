@@ -107,3 +107,35 @@ def test_benchmark_rejects_accelerator_configs_on_cpu():
   proc = subprocess.run([sys.executable, "benchmarks/train_step.py", "--configs=B/16"], cwd=REPO,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "accelerators only" in proc.stderr
+
+
+def test_profile_classifies_matmuls_copies_gelu_and_the_optimizer():
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import profile_step  # pylint: disable=import-outside-toplevel
+
+  def loss(w, x):
+    h = jnp.einsum("md,df->mf", x.T.reshape(-1, x.shape[0]), w)  # a transposed copy, then a dot
+    return jnp.sum(jax.lax.erf(h))
+
+  def train(w, x):  # an update outside the gradient, as the optimizer's
+    value, grad = jax.value_and_grad(loss)(w, x)
+    return w - 0.1 * jnp.sqrt(jnp.abs(grad)) * value
+
+  x, w = jnp.ones((16, 8)), jnp.ones((16, 4))
+  computations = profile_step.fused_computations(jax.jit(train).lower(w, x).compile().as_text())
+  categories = {profile_step.classify_hlo_op(name, text) for name, text in computations.items()}
+  assert {"matmul", "GELU", "optimizer"} <= categories
+  assert profile_step.classify_aten_op("aten::addmm") == "matmul"
+  assert profile_step.classify_aten_op("aten::copy_") == "layout copy"
+  assert profile_step.classify_aten_op("aten::_foreach_mul_") == "optimizer"
+
+
+def test_profile_script_prints_a_table_for_our_step():
+  proc = subprocess.run([sys.executable, "benchmarks/profile_step.py", "--config=tiny",
+                         "--steps=1", "--top=3"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = dict(line.split()[:2] for line in proc.stdout.splitlines()
+              if line.split() and line.split()[0] in ("matmul", "optimizer", "total"))
+  assert float(rows["matmul"]) > 0 and float(rows["optimizer"]) > 0 and float(rows["total"]) > 0
+  assert "largest 3 ops" in proc.stdout
