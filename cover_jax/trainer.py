@@ -339,21 +339,27 @@ def _save_checkpoint(run: _Run, done: int, positions: dict[str, int],
   run.ckpt.save(done, run.state, meta)
 
 
-def _stream_positions(run: _Run) -> dict[str, list[int]]:
-  """Each dataset's next stream position per input shard, from every process.
+def _per_shard_totals(run: _Run, value_of) -> dict[str, np.ndarray]:
+  """Each dataset's `value_of(counter)` per input shard, from every process.
 
-  A collective when there are several processes (all of them save): each
-  process knows only the shards it reads, and process 0 writes the meta.
+  A collective when there are several processes (all of them call it): each
+  process holds the counters of only the shards it reads.
   """
   names = sorted(run.skip_counters)
   num_shards = shards.resolve_num_shards(run.config.input.shards, jax.process_count())
   local = np.zeros((len(names), num_shards), np.int32)  # every shard is read by one process
   for i, name in enumerate(names):
     for shard, counter in run.skip_counters[name].items():
-      local[i, shard] = counter.next_position
+      local[i, shard] = value_of(counter)
   if jax.process_count() > 1:
     local = np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
-  return {name: [int(p) for p in local[i]] for i, name in enumerate(names)}
+  return {name: local[i] for i, name in enumerate(names)}
+
+
+def _stream_positions(run: _Run) -> dict[str, list[int]]:
+  """Each dataset's next stream position per input shard (process 0 writes the meta)."""
+  return {name: [int(p) for p in positions]
+          for name, positions in _per_shard_totals(run, lambda c: c.next_position).items()}
 
 
 def _due(done: int, every: int, last: int | None) -> bool:
@@ -362,8 +368,9 @@ def _due(done: int, every: int, last: int | None) -> bool:
 
 def _log_train(run: _Run, tracked: _TrainMetrics, done: int, last_log):
   scalars = tracked.summary()
-  for name, counters in run.skip_counters.items():  # this process's shards, since it started
-    scalars[f"train/{name}/skipped_records"] = float(sum(c.skipped for c in counters.values()))
+  # Records skipped since the run (re)started, summed over every process's shards.
+  for name, skipped in _per_shard_totals(run, lambda c: c.skipped).items():
+    scalars[f"train/{name}/skipped_records"] = float(skipped.sum())
   run.writer.write_scalars(done, scalars)
   now = time.monotonic()
   steps_per_sec = (done - last_log[0]) / max(now - last_log[1], 1e-9)
