@@ -7,8 +7,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from cover_jax import trainer
 from cover_jax.data import annotations, class_list, video_builders, video_records
 from tests import video_collections
+from tests.helpers import load_config
 
 TINY = dict(fps=10.0, short_side=16, jpeg_quality=90)
 
@@ -96,3 +98,27 @@ def test_an_empty_manual_dir_gives_the_instructions(tmp_path):
   with pytest.raises(AssertionError, match="something-something-v2-labels.json"):
     _load("cover_something_something_v2", "fps12", tmp_path / "manual", tmp_path / "data",
           "train")
+
+
+def test_kinetics_prepared_by_tfds_trains_and_evaluates_through_the_tfds_source(
+    raw, tmp_path, monkeypatch):
+  # The README path `--config.datasets.k400.source=tfds --config.datasets.k400.tfds_name=
+  # cover_kinetics/<config>`: the builder prepares offline, the trainer reads the prepared
+  # dataset by name. A 2-class test config stands in for k400 (400 classes).
+  tiny = video_builders.VideoConfig(name="tiny", version="1.0.0", num_classes=2, **TINY)
+  monkeypatch.setattr(video_builders.CoverKinetics, "BUILDER_CONFIGS",
+                      [*video_builders.CoverKinetics.BUILDER_CONFIGS, tiny])
+  data_dir = tmp_path / "tfds"
+  tfds.builder("cover_kinetics/tiny", data_dir=str(data_dir)).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(raw / "kinetics")))
+
+  config = load_config("configs/k400.py", "tiny=true,steps=2", **{
+      "data_dir": str(data_dir), "datasets.k400.source": "tfds",
+      "datasets.k400.tfds_name": "cover_kinetics/tiny", "datasets.k400.num_classes": 2,
+      "datasets.k400.eval_split": "train",  # this manual_dir has no validation CSV
+      "datasets.k400.eval_clips": 1, "datasets.k400.eval_crops": 1})
+  outcome = trainer.train_and_evaluate(config, str(tmp_path / "work"))
+  result = outcome.results["k400"]
+  prepared = tfds.builder("cover_kinetics/tiny", data_dir=str(data_dir)).info.splits["train"]
+  assert result["num_videos"] == prepared.num_examples > 0 and result["skipped_records"] == 0
+  assert 0.0 <= result["video_top1"] <= 1.0 and outcome.train_top1.keys() == {"k400"}
