@@ -106,8 +106,8 @@ def test_kinetics_prepared_by_tfds_trains_and_evaluates_through_the_tfds_source(
   # cover_kinetics/<config>`: the builder prepares offline, the trainer reads the prepared
   # dataset by name. A 2-class test config stands in for k400 (400 classes).
   tiny = video_builders.VideoConfig(name="tiny", version="1.0.0", num_classes=2, **TINY)
-  monkeypatch.setattr(video_builders.CoverKinetics, "BUILDER_CONFIGS",
-                      [*video_builders.CoverKinetics.BUILDER_CONFIGS, tiny])
+  # TFDS memoizes a builder's configs by name: add the test config there (undone after).
+  monkeypatch.setitem(video_builders.CoverKinetics.builder_configs, "tiny", tiny)
   data_dir = tmp_path / "tfds"
   tfds.builder("cover_kinetics/tiny", data_dir=str(data_dir)).download_and_prepare(
       download_config=tfds.download.DownloadConfig(manual_dir=str(raw / "kinetics")))
