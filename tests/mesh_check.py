@@ -4,7 +4,8 @@ Started by tests/test_sharding.py in a subprocess with
 XLA_FLAGS=--xla_force_host_platform_device_count=8 set before JAX is imported.
 For one device and for each mesh it prints (as one JSON line) the losses,
 gradient norms, final parameters' largest difference from the one-device run,
-the compiled step's collective-op counts and the train state's bytes per device.
+the compiled step's collective-op counts and the train state's bytes per device;
+then the same with mixup/cutmix on one device and on 8 (data parallel).
 """
 
 import json
@@ -15,7 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cover_jax import optim, sharding, train_state
+from cover_jax import mixup as mixup_lib, optim, sharding, train_state
 from cover_jax.models import block_stack
 from cover_jax.train_step import HeadSettings, bind_train_step
 from tests.helpers import load_config
@@ -24,6 +25,9 @@ COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "coll
 CLASSES = {"appearance": 12, "images": 36, "motion": 8}
 NAMES = tuple(sorted(CLASSES))
 STEPS = 3  # step 0 has lr 0 (warm-up); later steps move the weights
+# Every batch mixed (mixup or cutmix, half each), in every dataset's head.
+MIXUP = mixup_lib.MixupSettings(mixup_alpha=(0.8,) * 3, cutmix_alpha=(1.0,) * 3,
+                                mix_prob=(1.0,) * 3, switch_prob=(0.5,) * 3)
 
 
 def tiny_config(**model):
@@ -43,7 +47,7 @@ def count_collectives(hlo_text: str) -> dict:
   return counts
 
 
-def run(mesh_shape, devices, host_batch, grad_accum_steps=1, **model):
+def run(mesh_shape, devices, host_batch, grad_accum_steps=1, mixup=None, **model):
   config = tiny_config(**model)
   tx = optim.build_optimizer(config.optimizer, config.total_steps)
   mesh = sharding.make_mesh(mesh_shape, devices)
@@ -54,7 +58,7 @@ def run(mesh_shape, devices, host_batch, grad_accum_steps=1, **model):
         _stacked_initial_params(state.params, tx), shardings.params))
   step = jax.jit(bind_train_step(graphdef, tx, HeadSettings(NAMES, (0.1,) * 3), (1.0,),
                                  optim.learning_rate_schedule(config.optimizer, 6),
-                                 micro_batches=grad_accum_steps),
+                                 micro_batches=grad_accum_steps, mixup=mixup),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
            for k, v in host_batch.items()}
@@ -104,6 +108,13 @@ def main():
         lambda a, b: float(np.max(np.abs(a - b))), params, params1)))
     results[",".join(map(str, shape)) + ("+knobs" if knobs else "")] = out
     print(f"done {shape} {knobs}", file=sys.stderr, flush=True)
+  # Mixup + cutmix (mirror pairing across the global batch): one device vs data parallel.
+  mixup_reference, mixup_params1 = run((1, 1, 1), jax.devices()[:1], host_batch, mixup=MIXUP)
+  results["1,1,1+mixup"] = mixup_reference
+  mixup_dp, params = run((8, 1, 1), jax.devices(), host_batch, mixup=MIXUP)
+  mixup_dp["max_diff"] = max(jax.tree.leaves(jax.tree.map(
+      lambda a, b: float(np.max(np.abs(a - b))), params, mixup_params1)))
+  results["8,1,1+mixup"] = mixup_dp
   print(json.dumps(results))
 
 

@@ -49,6 +49,18 @@ def test_mesh_matches_one_device(mesh_runs, mesh):
   assert run["collectives"]["all-to-all"] == 0
 
 
+def test_mixup_on_8_devices_matches_one_device(mesh_runs):
+  # Mixup pairs each clip with its mirror across the *global* batch: split 8
+  # ways, that needs a collective permute, and the losses must not change.
+  one, dp = mesh_runs["1,1,1+mixup"], mesh_runs["8,1,1+mixup"]
+  assert dp["rows"] == [1]
+  assert not np.allclose(one["losses"], mesh_runs["1,1,1"]["losses"])  # mixing changed them
+  np.testing.assert_allclose(dp["losses"], one["losses"], rtol=1e-5)
+  np.testing.assert_allclose(dp["norms"], one["norms"], rtol=1e-4)
+  assert dp["max_diff"] < 0.1 * mesh_runs["1,1,1"]["moved"]  # the size of an update, unmixed
+  assert dp["collectives"]["collective-permute"] + dp["collectives"]["all-gather"] >= 1
+
+
 def _outside_switch(run, op):
   """Collectives of `op` outside the per-dataset head branches (lax.switch)."""
   return run["collectives"][op] - run["collectives"][op + "@branch"]
