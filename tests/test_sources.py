@@ -1,12 +1,15 @@
 """Dataset sources: DMVR records, image folders, image records, TFDS by name; bad input."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cover_jax import config_defaults
-from cover_jax.data import class_list, pipeline, sources
+from cover_jax.data import class_list, image_index, pipeline, sources
 from tests import data_files
 
 
@@ -65,6 +68,36 @@ def test_image_folder_is_one_frame_videos_with_sorted_folder_classes(tmp_path):
   _assert_labels_match_pixels(batch)
   (evaluated,) = pipeline.eval_dataset(spec)[0].as_numpy_iterator()
   assert sorted(evaluated["label"].tolist()) == [0, 1, 2]
+
+
+def test_image_index_gives_the_listing_order_and_replaces_the_listing(tmp_path):
+  data_files.write_image_folder(tmp_path, "train", {"dog": 3, "cat": 2, "emu": 1})
+  (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
+  cfg = config_defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=3,
+                                       num_frames=1, eval_split="")
+  listed = sources.ImageFolder("pics", cfg).listing("train")
+  assert [p.split("train/")[1] for p in listed[0]] == [
+      "cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "dog/1.jpg", "dog/2.jpg", "emu/0.jpg"]
+  assert listed[1] == [0, 0, 1, 1, 1, 2]
+
+  result = subprocess.run([sys.executable, "-m", "cover_jax.data.image_index",
+                           f"--path={tmp_path}", "--split=train", "--workers=3"],
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert "6 images in 3 class folders" in result.stdout
+  assert sources.ImageFolder("pics", cfg).listing("train") == listed
+  # The index is what is read: an image added after it is not listed.
+  dog = tmp_path / "train" / "dog"
+  (dog / "3.jpg").write_bytes((dog / "0.jpg").read_bytes())
+  assert sources.ImageFolder("pics", cfg).listing("train") == listed
+  image_index.write_index(str(tmp_path / "train"))
+  assert len(sources.ImageFolder("pics", cfg).listing("train")[0]) == 7
+
+
+def test_image_index_tool_names_a_path_without_class_folders(tmp_path):
+  result = subprocess.run([sys.executable, "-m", "cover_jax.data.image_index",
+                           f"--path={tmp_path}"], capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and "has no class folders" in result.stderr
 
 
 def test_image_records_with_label_offset(tmp_path):

@@ -31,11 +31,10 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cover_jax.data import builders, class_list, dmvr_format
+from cover_jax.data import builders, class_list, dmvr_format, image_index
 
 RECORD_SOURCES = ("dmvr", "image_records")
 SOURCES = tuple(builders.SOURCES) + ("tfds", "dmvr", "image_folder", "image_records")
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 _LABEL_CHECK_RECORDS = 256  # records per split whose label text is checked at start-up
 
 
@@ -193,22 +192,23 @@ class ImageFolder(Source):
     return root if tf.io.gfile.isdir(root) else self.cfg.path
 
   def _class_folders(self, split: str) -> list[str]:
-    root = self.split_root(split)
-    if not tf.io.gfile.isdir(root):
-      return []
-    return sorted(d.rstrip("/") for d in tf.io.gfile.listdir(root)
-                  if tf.io.gfile.isdir(os.path.join(root, d)))
+    return image_index.class_folders(self.split_root(split))
 
   def listing(self, split: str) -> tuple[list[str], list[int]]:
-    """Image paths and labels, in a fixed order; folders not in the class list get -1."""
+    """Image paths and labels, in a fixed order; folders not in the class list get -1.
+
+    From `<root>/image_index.txt` where one was written (data/image_index.py),
+    else by listing the folders; both give the same order.
+    """
     if split not in self._listed:
       root, index = self.split_root(split), {n: i for i, n in enumerate(self.class_names)}
-      paths, labels = [], []
-      for folder in self._class_folders(split):
-        for file in sorted(tf.io.gfile.listdir(os.path.join(root, folder))):
-          if file.lower().endswith(IMAGE_SUFFIXES):
-            paths.append(os.path.join(root, folder, file))
-            labels.append(index.get(folder, -1))
+      images = image_index.read_index(root)
+      if images is None:
+        logging.info("dataset %s: listing %s (write an index once to skip this: "
+                     "python -m cover_jax.data.image_index --path=...)", self.name, root)
+        images = image_index.list_images(root)
+      paths = [os.path.join(root, image) for image in images]
+      labels = [index.get(image.split("/", 1)[0], -1) for image in images]
       self._listed[split] = (paths, labels)
     return self._listed[split]
 
