@@ -4,7 +4,7 @@ JAX's persistent compilation cache lets tests (and the subprocesses they
 start) reuse compiled steps across the suite and across CI runs. On a clean
 clone the cache is empty and compiling is most of the suite's time, so tests
 compile with LLVM's cheap settings (XLA's HLO passes are unchanged; the code
-is slower, but the tests' models are tiny): a clean-clone run took 11.3
+is slower, but the tests' models are tiny): a clean-clone run took 11.9
 instead of 16.0 minutes. Float results can differ in the last bits from the
 optimised build, so equivalence tests compare with float32 tolerances. Speed
 is measured by benchmarks/, which use XLA's defaults. A test that sets
