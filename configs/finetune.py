@@ -22,8 +22,9 @@ Two recipes, one file (the starting weights go in `init`, any format
 
 Arguments (after the colon): dataset (a catalog name — k400, k600, k700, ssv2,
 mit, in1k, in21k — or any new name), data (its directory, default
-/data/<dataset>), init (the weights to start from, default /ckpt/pretrained), classes (new datasets only), stride (new datasets: the
-temporal stride at the prepared frame rate, default 8), frames (8), variant
+/data/<dataset>), init (the weights to start from, default /ckpt/pretrained),
+classes (new datasets only), stride (new datasets: the temporal stride at the
+prepared frame rate, default 8), frames (8), variant
 (B/16), steps (10000), learning_rate (0.005, SGD as TimeSformer's
 fine-tuning), tiny (a seconds-long variant for tests).
 """
@@ -33,9 +34,9 @@ from cover_jax.data import catalog
 
 
 def get_config(arg=None):
-  arg = config_args.parse_arg(arg, dataset="k400", data="", init="/ckpt/pretrained", classes=0, stride=8,
-                              frames=8, variant="B/16", steps=10000, learning_rate=0.005,
-                              tiny=False)
+  arg = config_args.parse_arg(arg, dataset="k400", data="", init="/ckpt/pretrained", classes=0,
+                              stride=8, frames=8, variant="B/16", steps=10000,
+                              learning_rate=0.005, tiny=False)
   _check(arg)
   data = arg.data or f"/data/{arg.dataset}"
   known = arg.dataset in catalog.CATALOG

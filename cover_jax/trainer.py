@@ -311,13 +311,14 @@ def _train_loop(run: _Run) -> dict[str, float]:
         continue
       tracked.add(*pending)
       pending = None
-      run.state = run.step_fn.unflatten(leaves)
       if _due(done, cfg.log_every, cfg.total_steps):
         last_log = _log_train(run, tracked, done, last_log)
       if _due(done, cfg.checkpoint_every, cfg.total_steps):
+        run.state = run.step_fn.unflatten(leaves)
         _save_checkpoint(run, done, positions, tracked)
         saved = done
       if _due(done, cfg.eval_every, None) and done < cfg.total_steps:
+        run.state = run.step_fn.unflatten(leaves)
         _evaluate_all(run, run.state, done)
     run.state = run.step_fn.unflatten(leaves)
     if preempt.reached(cfg.total_steps):  # the last step is saved: skip the final evaluation
