@@ -26,7 +26,7 @@ import jax  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
 from benchmarks import memory  # noqa: E402
-from cover_jax import sharding  # noqa: E402
+from cover_jax.parallel import sharding  # noqa: E402
 
 
 def main(argv=None):

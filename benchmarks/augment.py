@@ -19,8 +19,8 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from cover_jax import config_defaults
-from cover_jax.data import augment
+from cover_jax.config import defaults
+from cover_jax.input import augment
 
 _FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip.")
 _HEIGHT = flags.DEFINE_integer("height", 256, "Stored frame height (the short side).")
@@ -52,7 +52,7 @@ def _rows():
   yield "copy", lambda c, s: c
   for kind in augment.KINDS:
     for layers in (0, 2):
-      cfg = config_defaults.augment_config(kind=kind, short_side_range=(256, 320),
+      cfg = defaults.augment_config(kind=kind, short_side_range=(256, 320),
                                            randaugment_layers=layers, randaugment_magnitude=9)
       name = kind + (" + RandAugment(2, 9)" if layers else "")
       yield name, lambda c, s, cfg=cfg: augment.train_augment(

@@ -29,7 +29,7 @@ import jax  # noqa: E402
 
 import bench_common  # noqa: E402
 import jax_worker  # noqa: E402
-from cover_jax import checkpoint  # noqa: E402
+from cover_jax.checkpoint import manager  # noqa: E402
 
 _ARGS = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +45,7 @@ def run_row(bench: jax_worker.StepBench, every: int, steps: int, directory: str,
             asynchronous: bool) -> dict:
   """Times `steps` steps saving every `every` steps; returns the row's numbers."""
   run_step = bench.run_fns["video"]
-  ckpt = checkpoint.Checkpointer(directory, max_to_keep=2, asynchronous=asynchronous)
+  ckpt = manager.Checkpointer(directory, max_to_keep=2, asynchronous=asynchronous)
   save_calls, step_times = [], []
   start = time.perf_counter()
   for step in range(1, steps + 1):

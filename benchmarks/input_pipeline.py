@@ -33,8 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from cover_jax import config_defaults  # noqa: E402
-from cover_jax.data import dmvr_format, pipeline, sources  # noqa: E402
+from cover_jax.config import defaults  # noqa: E402
+from cover_jax.prepare import dmvr_format  # noqa: E402
+from cover_jax.input import pipeline, sources  # noqa: E402
 
 HEIGHT, WIDTH, CLIP_FRAMES, CROP = 256, 340, 8, 224
 
@@ -92,7 +93,7 @@ def decode_ceiling(jpegs: list[list[bytes]], cores: int) -> tf.data.Dataset:
 
 
 def _spec(directory: str, **fields) -> pipeline.DatasetSpec:
-  cfg = config_defaults.dataset_config(source="dmvr", path=directory, num_classes=4,
+  cfg = defaults.dataset_config(source="dmvr", path=directory, num_classes=4,
                                        num_frames=CLIP_FRAMES, stride=2, crop_size=CROP,
                                        shuffle_buffer=64, **fields)
   source = sources.open_source("bench", cfg, "")

@@ -18,9 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 import bench_common
-from cover_jax import config_defaults, flops, optim, sharding, train_state
+from cover_jax.config import defaults
+from cover_jax.metrics import flops
+from cover_jax.train import optim, state as train_state
+from cover_jax.parallel import sharding
 from cover_jax.models import timesformer
-from cover_jax.train_step import FlatStateStep, HeadSettings, bind_train_step
+from cover_jax.train.step import FlatStateStep, HeadSettings, bind_train_step
 
 _ARGS = argparse.ArgumentParser(description=__doc__)
 _ARGS.add_argument("--config", required=True)
@@ -54,14 +57,14 @@ class StepBench:
 
   def __init__(self, config: bench_common.BenchConfig, attention_impl: str = "auto"):
     self.config = config
-    self.model_config = config_defaults.model_config(
+    self.model_config = defaults.model_config(
         variant=f"B/{config.patch_size}", width=config.width, depth=config.depth,
         num_heads=config.num_heads, mlp_dim=config.mlp_dim, image_size=config.image_size,
         num_frames=config.frames, dtype=config.dtype, head_init_std=0.02,
         attention_impl=attention_impl)
     self.attention_impl = timesformer.resolve_attention_impl(
         attention_impl, config.dtype, config.width // config.num_heads, 0.0)
-    opt_config = config_defaults.optimizer_config(warmup_steps=10)
+    opt_config = defaults.optimizer_config(warmup_steps=10)
     tx = optim.build_optimizer(opt_config, total_steps=1000)
     self.mesh = sharding.make_mesh((-1, 1, 1))
     num_classes = {"bench": config.num_classes}

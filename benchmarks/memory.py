@@ -38,8 +38,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from cover_jax import config_defaults, optim, sharding, train_state  # noqa: E402
-from cover_jax.train_step import HeadSettings, bind_train_step  # noqa: E402
+from cover_jax.config import defaults  # noqa: E402
+from cover_jax.train import optim, state as train_state  # noqa: E402
+from cover_jax.parallel import sharding  # noqa: E402
+from cover_jax.train.step import HeadSettings, bind_train_step  # noqa: E402
 
 # name -> (model config fields, default global batch)
 MODELS = {
@@ -71,9 +73,9 @@ KNOBS = (
 
 def compile_step(model_fields: dict, knob: Knob, batch: int, mesh):
   """(compiled step, abstract state, abstract batch) for one model and knob."""
-  model = config_defaults.model_config(**model_fields, remat=knob.remat,
+  model = defaults.model_config(**model_fields, remat=knob.remat,
                                        scan_layers=knob.scan_layers, dtype=knob.dtype)
-  opt = config_defaults.optimizer_config(warmup_steps=1)
+  opt = defaults.optimizer_config(warmup_steps=1)
   tx = optim.build_optimizer(opt, 100)
   classes = {"video": 400}
   graphdef, abstract, shardings = train_state.abstract_train_state(model, classes, tx, mesh)

@@ -8,7 +8,7 @@ Writes `--num_videos` H.264 videos like a Kinetics download (10 s, 30 fps,
 
 - decode: `video_decode.decode_video` to 25 fps, short side 256 (one process);
 - decode + JPEG: `video_records.encode_video`, what a worker does per video;
-- the whole tool (`prepare.prepare`) with each of `--worker_counts`, from start to
+- the whole tool (`prepare_cli.prepare`) with each of `--worker_counts`, from start to
   the last shard renamed into place (worker start-up included).
 
 and prints a table (videos/s, frames/s, MB stored per video). Stored size and
@@ -27,7 +27,7 @@ from absl import app, flags
 import av
 import numpy as np
 
-from cover_jax.data import annotations, prepare, video_decode, video_records
+from cover_jax.prepare import annotations, cli as prepare_cli, video_decode, video_records
 
 _NUM_VIDEOS = flags.DEFINE_integer("num_videos", 8, "Videos to write and prepare.")
 _SECONDS = flags.DEFINE_float("seconds", 10.0, "Length of each video.")
@@ -95,7 +95,7 @@ def main(argv):
     for workers in map(int, _WORKER_COUNTS.value):
       out = os.path.join(root, f"out{workers}")
       start = time.perf_counter()
-      entry = prepare.prepare(prepare.PrepareOptions(
+      entry = prepare_cli.prepare(prepare_cli.PrepareOptions(
           format="folder", video_root=os.path.join(root, "raw"), output_dir=out, split="train",
           settings=settings, num_shards=n, workers=workers, progress=False))
       seconds = time.perf_counter() - start

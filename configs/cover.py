@@ -2,7 +2,7 @@ r"""CoVeR: co-train one TimeSformer on Kinetics-400, SSv2, Moments-in-Time and I
 
 One head per dataset; every step trains on one batch of every dataset and the
 loss is the weighted mean of their losses (mixture 'all', equal weights).
-Dataset settings come from cover_jax/data/catalog.py; data directories from the
+Dataset settings come from cover_jax/config/catalog.py; data directories from the
 arguments (README "Preparing data" makes them):
 
   python -m cover_jax.main --config=configs/cover.py:k400=/data/k400,ssv2=/data/ssv2,mit=/data/mit,in21k=/data/in21k \
@@ -33,7 +33,7 @@ could not, so every number below that the abstract does not give is ours.
 tests/test_configs.py pins the datasets, mixture and weights; change them there too.
 """
 
-from cover_jax.data import catalog
+from cover_jax.config import catalog
 
 DATASETS = ["k400", "ssv2", "mit", "in21k"]
 WEIGHTS = {"k400": 1.0, "ssv2": 1.0, "mit": 1.0, "in21k": 1.0}

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from cover_jax import config_args, config_defaults
-from cover_jax.data import synthetic
+from cover_jax.config import args as config_args, defaults
+from cover_jax.prepare import synthetic
 
 # name -> (source, classes, is_video, flip, sampling weight)
 DEMO_DATASETS = {
@@ -50,19 +50,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                      f"datasets={arg.datasets!r}; choose a '+'-joined subset of "
                      f"{sorted(DEMO_DATASETS)}, e.g. datasets=appearance+motion.")
 
-  config = config_defaults.base_config()
+  config = defaults.base_config()
   config.mixture = arg.mixture
   config.total_steps = arg.steps
   config.eval_every = 1000
   config.checkpoint_every = 1000
 
-  config.model = config_defaults.model_config(
+  config.model = defaults.model_config(
       variant="Mu/8", image_size=32, num_frames=4,
       # From scratch: a small random time embedding, and random heads (see
       # models/cover.py: with zero heads a motion-only run stays at chance).
       time_embed_init_std=0.02, head_init_std=0.02)
   # A 4-layer model trained for minutes: no regularisation needed (the defaults).
-  config.optimizer = config_defaults.optimizer_config(learning_rate=1e-3, warmup_steps=100)
+  config.optimizer = defaults.optimizer_config(learning_rate=1e-3, warmup_steps=100)
 
   for name in names:
     config.datasets[name] = _synthetic_dataset(name, tiny=arg.tiny)
@@ -78,9 +78,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def _synthetic_dataset(name: str, tiny: bool) -> ml_collections.ConfigDict:
-  """The demo's settings; every other field keeps config_defaults.dataset_config's default."""
+  """The demo's settings; every other field keeps defaults.dataset_config's default."""
   source, classes, is_video, flip, weight = DEMO_DATASETS[name]
-  return config_defaults.dataset_config(
+  return defaults.dataset_config(
       source=source,
       num_classes=classes,
       num_frames=4 if is_video else 1,

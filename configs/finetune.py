@@ -12,7 +12,7 @@ Two recipes, one file (the starting weights go in `init`, any format
          --workdir=/ckpt/cover_ft_k400
 
 2. A released TimeSformer (official `.pyth` or a HuggingFace directory) on a
-   new dataset, prepared with `python -m cover_jax.data.prepare --format=csv`
+   new dataset, prepared with `python -m cover_jax.prepare --format=csv`
    (or `folder`) into DMVR records: the backbone is loaded, the dataset gets a
    new head of `classes` outputs (their names come from the records'
    classes.txt):
@@ -29,8 +29,8 @@ prepared frame rate, default 8), frames (8), variant
 fine-tuning), tiny (a seconds-long variant for tests).
 """
 
-from cover_jax import config_args, config_defaults
-from cover_jax.data import catalog
+from cover_jax.config import args as config_args, defaults
+from cover_jax.config import catalog
 
 
 def get_config(arg=None):

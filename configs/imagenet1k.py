@@ -1,4 +1,4 @@
-r"""ImageNet-1k as 1-frame videos (catalog: cover_jax/data/catalog.py), from TFDS `imagenet2012`.
+r"""ImageNet-1k as 1-frame videos (catalog: cover_jax/config/catalog.py), from TFDS `imagenet2012`.
 
 Data: the TFDS data_dir holding the prepared `imagenet2012` (a manual download,
 built once, never at run time; README "Preparing data").
@@ -13,7 +13,7 @@ ImageNet TFRecords of your own instead: --config.datasets.in1k.source=image_reco
 TF-slim records, whose labels start at 1).
 """
 
-from cover_jax.data import catalog
+from cover_jax.config import catalog
 
 
 def get_config(arg=None):

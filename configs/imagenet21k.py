@@ -1,4 +1,4 @@
-r"""ImageNet-21k as 1-frame videos (catalog: cover_jax/data/catalog.py), from a folder of class folders.
+r"""ImageNet-21k as 1-frame videos (catalog: cover_jax/config/catalog.py), from a folder of class folders.
 
 Data: the fall11 release unpacked as `<dir>/<wnid>/<image>.JPEG` (no preparation;
 the class list is the sorted folder names, or a classes.txt in <dir>). It has no
@@ -12,7 +12,7 @@ Arguments (after the colon): data (default /data/in21k), variant (B/16),
 steps (30000), tiny (a seconds-long variant for tests).
 """
 
-from cover_jax.data import catalog
+from cover_jax.config import catalog
 
 
 def get_config(arg=None):

@@ -1,7 +1,7 @@
-r"""Kinetics-700: fine-tune CoVeR's TimeSformer on one dataset (catalog: cover_jax/data/catalog.py).
+r"""Kinetics-700: fine-tune CoVeR's TimeSformer on one dataset (catalog: cover_jax/config/catalog.py).
 
 Data: DMVR-format records made by the preparation tool (README "Preparing data"),
-e.g. `python -m cover_jax.data.prepare --format=kinetics --split=train ... --output_dir=/data/k700`
+e.g. `python -m cover_jax.prepare --format=kinetics --split=train ... --output_dir=/data/k700`
 and the same for `--split=validation`.
 
   python -m cover_jax.main --config=configs/k700.py:data=/data/k700 --workdir=/ckpt/k700 \
@@ -12,7 +12,7 @@ variant (B/16), frames (8), steps (30000), tiny (a seconds-long variant for test
 Any field can be overridden: --config.datasets.k700.eval_clips=2.
 """
 
-from cover_jax.data import catalog
+from cover_jax.config import catalog
 
 
 def get_config(arg=None):

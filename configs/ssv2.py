@@ -1,7 +1,7 @@
-r"""Something-Something-v2: fine-tune CoVeR's TimeSformer on one dataset (catalog: cover_jax/data/catalog.py).
+r"""Something-Something-v2: fine-tune CoVeR's TimeSformer on one dataset (catalog: cover_jax/config/catalog.py).
 
 Data: DMVR-format records made by the preparation tool (README "Preparing data"),
-e.g. `python -m cover_jax.data.prepare --format=ssv2 --split=train ... --output_dir=/data/ssv2`
+e.g. `python -m cover_jax.prepare --format=ssv2 --split=train ... --output_dir=/data/ssv2`
 and the same for `--split=validation`.
 
   python -m cover_jax.main --config=configs/ssv2.py:data=/data/ssv2 --workdir=/ckpt/ssv2 \
@@ -12,7 +12,7 @@ variant (B/16), frames (8), steps (30000), tiny (a seconds-long variant for test
 Any field can be overridden: --config.datasets.ssv2.eval_clips=2.
 """
 
-from cover_jax.data import catalog
+from cover_jax.config import catalog
 
 
 def get_config(arg=None):

@@ -12,8 +12,8 @@ import numpy as np
 import tensorflow as tf
 from flax import nnx
 
-from cover_jax.data import video_decode
-from cover_jax.data import views as multiview
+from cover_jax.prepare import video_decode
+from cover_jax.evaluation import views as multiview
 from cover_jax.models import cover
 from cover_jax.pretrained import loader, orbax_init
 

@@ -31,7 +31,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming if possible) then evaluate; "
                           "eval: evaluate the latest checkpoint in --workdir.")
-# Multi-process runs (cover_jax/distributed.py): automatic on Cloud TPU pods and
+# Multi-process runs (cover_jax/parallel/distributed.py): automatic on Cloud TPU pods and
 # under SLURM; elsewhere give the coordinator (or JAX_COORDINATOR_ADDRESS etc.).
 _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                                  "auto: initialise jax.distributed when a coordinator is given "
@@ -64,9 +64,12 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # after absl parsed flags, so JAX flags/env are settled
 
-  from cover_jax import (config_validation, distributed, preemption, resume_checks, trainer,
-                         workdir)
-  from cover_jax.data import class_list, pipeline
+  from cover_jax.config import validation
+  from cover_jax.parallel import distributed
+  from cover_jax.train import loop, preemption
+  from cover_jax.checkpoint import resume_checks, workdir
+  from cover_jax.prepare import class_list
+  from cover_jax.input import pipeline
   from cover_jax.models import block_stack
   from cover_jax.pretrained.weights import PretrainedError
 
@@ -80,9 +83,9 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # process 0 tells the story
   config = _CONFIG.value
   try:
-    config_validation.validate_config(config, num_devices=jax.device_count(),
+    validation.validate_config(config, num_devices=jax.device_count(),
                                       process_count=jax.process_count())
-  except config_validation.ConfigError as e:
+  except validation.ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   logging.info("config:\n%s", config)
@@ -93,8 +96,8 @@ def main(argv):
       (block_stack.LayoutMismatchError, 2, "error: "),  # scanned vs unscanned workdir
       (resume_checks.ResumeConfigError, 2, "error: "),
       (PretrainedError, 2, "error: config.init_from: "),
-      (trainer.NoCheckpointError, 1, "error: "),
-      (trainer.NonFiniteLossError, 3, "error: "),
+      (loop.NoCheckpointError, 1, "error: "),
+      (loop.NonFiniteLossError, 3, "error: "),
       (preemption.Preempted, preemption.EXIT_STATUS, ""),
       (workdir.WorkdirError, workdir.EXIT_STATUS, "error: "),
       (pipeline.DatasetError, DATASET_EXIT_STATUS, "error: "),
@@ -102,9 +105,9 @@ def main(argv):
   )
   try:
     if _MODE.value == "eval":
-      trainer.evaluate_checkpoint(config, _WORKDIR.value)
+      loop.evaluate_checkpoint(config, _WORKDIR.value)
     else:
-      trainer.train_and_evaluate(config, _WORKDIR.value)
+      loop.train_and_evaluate(config, _WORKDIR.value)
   except tuple(kind for kind, _, _ in failures) as e:
     status, prefix = next((s, p) for kind, s, p in failures if isinstance(e, kind))
     print(f"{prefix}{e}", file=sys.stderr)

@@ -2,7 +2,7 @@ r"""Run cover_jax on a SLURM GPU cluster: write the batch script and `sbatch` it
 
 One task runs per host (it drives all the host's GPUs) or per GPU
 (`--per=gpu`); JAX reads the coordinator, process count and index from
-SLURM's environment (`cover_jax.distributed`: SLURM_JOB_ID, SLURM_NTASKS, ...
+SLURM's environment (`cover_jax.parallel.distributed`: SLURM_JOB_ID, SLURM_NTASKS, ...
 and the first node of SLURM_JOB_NODELIST), so every task runs the same
 command. `--dry-run` prints the `sbatch` command with the exact script.
 

@@ -31,7 +31,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_data_dir(tmp_path_factory):
   """A data_dir with the tiny embedded datasets, built once per test session."""
-  from cover_jax.data import pipeline
+  from cover_jax.input import pipeline
   from tests.helpers import load_config
 
   data_dir = str(tmp_path_factory.mktemp("tfds"))

@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 import tensorflow as tf
 
-from cover_jax.data import class_list, dmvr_format
+from cover_jax.prepare import class_list, dmvr_format
 
 CORRUPT_JPEG = b"\xff\xd8\xff\xe0" + b"\x00garbage" * 16
 

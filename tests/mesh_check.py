@@ -16,9 +16,10 @@ import jax
 import numpy as np
 from flax import nnx
 
-from cover_jax import mixup as mixup_lib, optim, sharding, train_state
+from cover_jax.train import mixup as mixup_lib, optim, state as train_state
+from cover_jax.parallel import sharding
 from cover_jax.models import block_stack
-from cover_jax.train_step import HeadSettings, bind_train_step
+from cover_jax.train.step import HeadSettings, bind_train_step
 from tests.helpers import load_config
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cover_jax.config_defaults import model_config
+from cover_jax.config.defaults import model_config
 from cover_jax.models import cover
 from cover_jax.pretrained import loader
 from tests.helpers import REPO

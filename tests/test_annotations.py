@@ -5,9 +5,9 @@ import os
 
 import pytest
 
-from cover_jax.data import annotations, class_list
-from cover_jax.data.annotations import AnnotationError
-from cover_jax.data.class_list import ClassListError
+from cover_jax.prepare import annotations, class_list
+from cover_jax.prepare.annotations import AnnotationError
+from cover_jax.prepare.class_list import ClassListError
 from tests import video_collections
 
 

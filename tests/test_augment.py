@@ -1,11 +1,11 @@
-"""Training augmentation (data/augment.py): every op eagerly and inside tf.data."""
+"""Training augmentation (input/augment.py): every op eagerly and inside tf.data."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from cover_jax import config_defaults, config_validation
-from cover_jax.data import augment
+from cover_jax.config import defaults, validation
+from cover_jax.input import augment
 from tests.helpers import load_config
 
 OPS = sorted(augment.RANDAUGMENT_OPS)
@@ -25,7 +25,7 @@ def _seed(a, b=0):
 
 
 def _aug_cfg(kind="crop", **overrides):
-  return config_defaults.augment_config(kind=kind, short_side_range=(32, 48), **overrides)
+  return defaults.augment_config(kind=kind, short_side_range=(32, 48), **overrides)
 
 
 def _train(clip, cfg, seed=0, crop_size=16, flip=True):
@@ -137,19 +137,19 @@ def test_flip_policy_is_respected():
 
 def test_scale_jitter_at_stored_size_is_a_crop_of_the_frames():
   clip = _clip(frames=1, height=32, width=40)
-  cfg = config_defaults.augment_config(kind="scale_jitter", short_side_range=(32, 32))
+  cfg = defaults.augment_config(kind="scale_jitter", short_side_range=(32, 32))
   out = _train(clip, cfg, seed=1, crop_size=16, flip=False)[0]
   frame = clip.numpy()[0]
   windows = [frame[y:y + 16, x:x + 16] for y in range(17) for x in range(25)]
   assert any(np.array_equal(out, w) for w in windows)
-  bigger = config_defaults.augment_config(kind="scale_jitter", short_side_range=(48, 64))
+  bigger = defaults.augment_config(kind="scale_jitter", short_side_range=(48, 64))
   assert not any(np.array_equal(_train(clip, bigger, 1, 16, False)[0], w) for w in windows)
 
 
 @pytest.mark.parametrize("kind", ["random_resized_crop", "inception"])
 def test_full_area_box_is_the_whole_frame_resized(kind):
   clip = _clip(frames=2, height=32, width=32)
-  cfg = config_defaults.augment_config(kind=kind, area_range=(1.0, 1.0),
+  cfg = defaults.augment_config(kind=kind, area_range=(1.0, 1.0),
                                        aspect_ratio_range=(1.0, 1.0))
   want = augment.resize(clip, 16, 16).numpy()
   np.testing.assert_array_equal(_train(clip, cfg, seed=2, flip=False), want)
@@ -160,7 +160,7 @@ def test_small_area_boxes_zoom_in(kind):
   # A left half black, right half white frame: small boxes often land on one half.
   frame = np.zeros((1, 32, 32, 3), np.uint8)
   frame[:, :, 16:] = 255
-  cfg = config_defaults.augment_config(kind=kind, area_range=(0.05, 0.1))
+  cfg = defaults.augment_config(kind=kind, area_range=(0.05, 0.1))
   uniform = sum(len(np.unique(_train(tf.constant(frame), cfg, s, flip=False))) == 1
                 for s in range(10))
   assert uniform >= 3
@@ -191,7 +191,7 @@ def test_augment_config_of_old_configs_is_the_default():
   assert augment.config_of(cfg).kind == "crop"
   with cfg.unlocked():
     del cfg["augment"]
-  assert augment.config_of(cfg).to_dict() == config_defaults.augment_config().to_dict()
+  assert augment.config_of(cfg).to_dict() == defaults.augment_config().to_dict()
 
 
 @pytest.mark.parametrize("field,value,fragment", [
@@ -209,8 +209,8 @@ def test_bad_augment_fields_are_named(field, value, fragment):
   config.datasets.motion.augment.kind = "scale_jitter"
   config.datasets.motion.augment.short_side_range = (16, 20)
   config.datasets.motion.augment[field] = value
-  with pytest.raises(config_validation.ConfigError) as e:
-    config_validation.validate_config(config, num_devices=1)
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_config(config, num_devices=1)
   message = str(e.value)
   assert f"config.datasets.motion.augment.{field} = {value!r}" in message
   assert fragment in message and "Fix: --config.datasets.motion.augment." in message

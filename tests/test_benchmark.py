@@ -1,4 +1,4 @@
-"""The benchmark's FLOP counter (cover_jax/flops.py) and an end-to-end smoke run.
+"""The benchmark's FLOP counter (cover_jax/metrics/flops.py) and an end-to-end smoke run.
 
 The analytic matmul count is checked against the dots XLA actually compiles
 for a whole train step (forward, backward, optimizer), exactly. The smoke run
@@ -16,8 +16,11 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from cover_jax import config_defaults, flops, optim, sharding, train_state
-from cover_jax.train_step import HeadSettings, bind_train_step
+from cover_jax.config import defaults
+from cover_jax.metrics import flops
+from cover_jax.train import optim, state as train_state
+from cover_jax.parallel import sharding
+from cover_jax.train.step import HeadSettings, bind_train_step
 from tests.helpers import REPO
 
 TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64, image_size=32, num_frames=4)
@@ -25,9 +28,9 @@ BATCH, PATCH, CLASSES = 2, 8, 10
 
 
 def _compiled_train_step(attention_type: str, frames: int):
-  model_config = config_defaults.model_config(variant=f"Mu/{PATCH}", attention_type=attention_type,
+  model_config = defaults.model_config(variant=f"Mu/{PATCH}", attention_type=attention_type,
                                               **TINY)
-  opt_config = config_defaults.optimizer_config(warmup_steps=2)
+  opt_config = defaults.optimizer_config(warmup_steps=2)
   tx = optim.build_optimizer(opt_config, total_steps=10)
   mesh = sharding.make_mesh((-1, 1, 1))
   graphdef, abstract, _ = train_state.abstract_train_state(model_config, {"x": CLASSES}, tx, mesh)

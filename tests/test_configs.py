@@ -4,8 +4,8 @@ import pathlib
 
 import pytest
 
-from cover_jax import config_args
-from cover_jax.config_validation import ConfigError, validate_config
+from cover_jax.config import args as config_args
+from cover_jax.config.validation import ConfigError, validate_config
 from tests.helpers import REPO, load_config
 
 CONFIG_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.py"))
@@ -118,7 +118,7 @@ def test_cover_recipe_matches_its_documented_sources(arg):
   # The values configs/cover.py's docstring documents (paper abstract: video sets
   # with different label spaces plus images as 1-frame clips; ours: which sets,
   # mixture 'all', equal weights). Change the docstring with them.
-  from cover_jax import mixture
+  from cover_jax.train import mixture
   config = load_config("configs/cover.py", arg)
   assert sorted(config.datasets) == ["in21k", "k400", "mit", "ssv2"]
   assert config.mixture == "all"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cover_jax.data import dmvr_format, synthetic
+from cover_jax.prepare import dmvr_format, synthetic
 
 
 def _frames(label=0, frames=4, size=24):

@@ -1,6 +1,6 @@
 """`config.init_from` in training: the resume order, our own checkpoints, released formats.
 
-Resume order (trainer._setup): the newest checkpoint in the workdir that
+Resume order (loop._setup): the newest checkpoint in the workdir that
 restores, else `init_from` loaded into the freshly initialised (sharded)
 state, else the fresh state.
 """
@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cover_jax import checkpoint, optim, sharding, train_state, trainer
-from cover_jax.data import synthetic
+from cover_jax.checkpoint import manager
+from cover_jax.train import loop, optim, state as train_state
+from cover_jax.parallel import sharding
+from cover_jax.prepare import synthetic
 from cover_jax.models import block_stack
-from cover_jax.config_validation import ConfigError, validate_config
+from cover_jax.config.validation import ConfigError, validate_config
 from cover_jax.pretrained import fit, loader
 from tests.helpers import REPO, load_config
 from tests.pretrained_helpers import FIXTURES
@@ -41,7 +43,7 @@ def _save_source_checkpoint(path, config, num_classes, seed: int) -> dict:
   rng = np.random.default_rng(seed)
   params = jax.tree.map(lambda x: jax.numpy.asarray(rng.standard_normal(x.shape), x.dtype), state.params)
   state = state.replace(params=params)
-  ckpt = checkpoint.Checkpointer(str(path), max_to_keep=1, asynchronous=False)
+  ckpt = manager.Checkpointer(str(path), max_to_keep=1, asynchronous=False)
   ckpt.save(40, state, {"step": 40, "config": config.to_json(),
                         "class_names": {n: [f"{n}{i}" for i in range(c)] for n, c in num_classes.items()}})
   ckpt.close()
@@ -58,7 +60,7 @@ def source(tiny_data_dir, tmp_path_factory):
 
 
 def _setup(config, workdir):
-  run = trainer._setup(config, str(workdir))  # pylint: disable=protected-access
+  run = loop._setup(config, str(workdir))  # pylint: disable=protected-access
   run.ckpt.close()
   run.writer.close()
   return run
@@ -86,7 +88,7 @@ def test_workdir_checkpoint_wins_over_init_from(tiny_data_dir, source, tmp_path)
   config = load_config(arg="tiny=true", data_dir=tiny_data_dir, init_from=str(path))
   workdir = tmp_path / "run"
   run = _setup(config, workdir)
-  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), max_to_keep=2, asynchronous=False)
+  ckpt = manager.Checkpointer(str(workdir / "checkpoints"), max_to_keep=2, asynchronous=False)
   bumped = run.state.replace(step=run.state.step + 7, params=jax.tree.map(lambda x: x + 1.0, run.state.params))
   ckpt.save(7, bumped, {"step": 7, "config": config.to_json()})
   ckpt.close()
@@ -117,7 +119,7 @@ def test_init_from_a_huggingface_model_with_head_map(tiny_data_dir, tmp_path):
 def test_training_checkpoints_record_class_names(tiny_data_dir, tmp_path):
   config = load_config(arg="tiny=true", data_dir=tiny_data_dir, total_steps=3, checkpoint_every=3,
                        eval_every=0, log_every=3)
-  trainer.train_and_evaluate(config, str(tmp_path))
+  loop.train_and_evaluate(config, str(tmp_path))
   meta = json.loads((tmp_path / "checkpoints" / "3" / "meta" / "metadata").read_text())
   assert meta["class_names"]["motion"] == list(synthetic.MOTION_CLASSES)
   assert meta["class_names"]["motion"][:2] == ["move left", "move right"]
@@ -154,12 +156,12 @@ def test_main_reports_an_unloadable_init_from_without_traceback(tiny_data_dir, t
 _SHARDED_INIT = r"""
 import sys
 import jax, numpy as np
-from cover_jax import trainer
+from cover_jax.train import loop
 from cover_jax.pretrained import loader
 from tests.helpers import load_config
 config = load_config(arg="tiny=true", data_dir=sys.argv[1], init_from=sys.argv[2],
                      mesh_shape=(2, 2, 2), **{"model.depth": 2, "model.num_heads": 4})
-run = trainer._setup(config, sys.argv[3])
+run = loop._setup(config, sys.argv[3])
 run.ckpt.close(); run.writer.close()
 arrays, _, _ = loader.load_pretrained(sys.argv[2], "auto", config.model,
                                       loader.param_shapes(run.state.params))

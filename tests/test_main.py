@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from cover_jax import mixture, trainer
+from cover_jax.train import loop, mixture
 from tests.helpers import REPO, load_config
 
 # With this seed the 'sample' mixture draws every tiny dataset within 6 steps
@@ -134,12 +134,12 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, tiny_
 
 def test_resumed_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path):
   config = load_config(arg="tiny=true", data_dir=tiny_data_dir, total_steps=9, seed=SEED)
-  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
   # One checkpoint per 3 steps: an interruption after step 6 loses step 9's.
   interrupted = tmp_path / "interrupted"
   shutil.copytree(tmp_path / "straight", interrupted)
   shutil.rmtree(interrupted / "checkpoints" / "9")
-  resumed = trainer.train_and_evaluate(config, str(interrupted))
+  resumed = loop.train_and_evaluate(config, str(interrupted))
   for name, result in straight.results.items():
     np.testing.assert_allclose(resumed.results[name]["video_loss"], result["video_loss"], rtol=1e-6)
   # Three datasets, two input shapes (4-frame videos, 1-frame images).
@@ -150,7 +150,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path):
 def test_all_mixture_trains_every_dataset_every_step(tiny_data_dir, tmp_path):
   config = load_config(arg="tiny=true,mixture=all", data_dir=tiny_data_dir, total_steps=3,
                        log_every=3)
-  outcome = trainer.train_and_evaluate(config, str(tmp_path))
+  outcome = loop.train_and_evaluate(config, str(tmp_path))
   assert set(outcome.train_top1) == {"appearance", "motion", "images"}
   assert outcome.train_step_compilations == 1  # one step signature: a batch of each dataset
   records = [r for r in _records(tmp_path) if "train/images/loss" in r]

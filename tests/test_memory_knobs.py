@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cover_jax import grad_accum
+from cover_jax.train import grad_accum
 from cover_jax.models import block_stack, cover
 from tests.helpers import load_config
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from cover_jax.mixture import DatasetMixture
+from cover_jax.train.mixture import DatasetMixture
 
 WEIGHTS = {"appearance": 1.0, "motion": 2.0, "images": 1.0}
 

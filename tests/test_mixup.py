@@ -7,17 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cover_jax import config_defaults, mixup, optim, sharding, trainer
-from cover_jax.train_step import HeadSettings, bind_train_step
+from cover_jax.config import defaults
+from cover_jax.train import loop, mixup, optim
+from cover_jax.parallel import sharding
+from cover_jax.train.step import HeadSettings, bind_train_step
 from tests.helpers import assert_same_arrays, checkpoint_arrays, load_config
 from tests.test_train_step import CLASSES, NAMES, _batch, _leaves, setup  # noqa: F401
 
 
 def _settings(mixup_alpha=0.0, cutmix_alpha=0.0, mix_prob=1.0, switch_prob=0.5, only=None):
   """The same settings for every dataset, or only for dataset `only` (others off)."""
-  on = config_defaults.augment_config(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
+  on = defaults.augment_config(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha,
                                       mix_prob=mix_prob, switch_prob=switch_prob)
-  off = config_defaults.augment_config()
+  off = defaults.augment_config()
   return mixup.settings_from_configs(on if only in (None, n) else off for n in NAMES)
 
 
@@ -175,10 +177,10 @@ def test_training_with_every_augmentation_resumes_bit_identically(tiny_data_dir,
                        eval_every=0, log_every=3)
   for name, fields in augments.items():
     config.datasets[name].augment.update(fields)
-  straight = trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"))
   assert all(np.isfinite(r["video_loss"]) for r in straight.results.values())
   interrupted = tmp_path / "interrupted"
   shutil.copytree(tmp_path / "straight", interrupted)
   shutil.rmtree(interrupted / "checkpoints" / "6")
-  trainer.train_and_evaluate(config, str(interrupted))
+  loop.train_and_evaluate(config, str(interrupted))
   assert_same_arrays(checkpoint_arrays(interrupted, 6), checkpoint_arrays(tmp_path / "straight", 6))

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cover_jax import sharding
+from cover_jax.parallel import sharding
 from cover_jax.models import cover
 from cover_jax.models import timesformer
 try:

@@ -4,7 +4,7 @@ Two `python -m cover_jax.main` processes with 2 CPU devices each form one
 4-device mesh through `jax.distributed`, each reading its half of the input.
 They train, checkpoint (Orbax, from both processes), are restarted and
 restore; their per-step losses must equal those of the same run in one
-process with 4 devices. Start-up decisions of `cover_jax.distributed` are
+process with 4 devices. Start-up decisions of `cover_jax.parallel.distributed` are
 tested without starting anything.
 """
 
@@ -18,8 +18,8 @@ import sys
 import numpy as np
 import pytest
 
-from cover_jax import distributed
-from cover_jax.data import shards
+from cover_jax.parallel import distributed
+from cover_jax.input import shards
 from tests.helpers import REPO
 
 

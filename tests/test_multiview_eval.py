@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cover_jax import evaluate, optim, sharding, train_state
-from cover_jax.train_step import HeadSettings
+from cover_jax.evaluation import evaluate
+from cover_jax.train import optim, state as train_state
+from cover_jax.parallel import sharding
+from cover_jax.train.step import HeadSettings
 from tests.helpers import load_config
 
 CLASSES = {"appearance": 12, "images": 36, "motion": 8}

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from ml_collections import ConfigDict
 
-from cover_jax import mixture, nonfinite, optim, sharding, train_state, trainer
-from cover_jax.config_validation import ConfigError, validate_config
-from cover_jax.train_step import HeadSettings, bind_train_step
+from cover_jax.train import loop, mixture, nonfinite, optim, state as train_state
+from cover_jax.parallel import sharding
+from cover_jax.config.validation import ConfigError, validate_config
+from cover_jax.train.step import HeadSettings, bind_train_step
 from tests.helpers import assert_same_arrays, checkpoint_arrays, load_config
 
 NAMES = ("appearance", "images", "motion")
@@ -143,21 +144,21 @@ def _steps(workdir) -> list[int]:
 def test_injected_nan_stops_the_run_naming_step_and_dataset(tiny_data_dir, tmp_path):
   config = _config(tiny_data_dir, **{"nonfinite.inject_at_step": 4})
   dataset = mixture.DatasetMixture({n: 1.0 for n in NAMES}, "sample", SEED).datasets_at(4)[0]
-  with pytest.raises(trainer.NonFiniteLossError,
+  with pytest.raises(loop.NonFiniteLossError,
                      match=rf"non-finite loss at step 4 on dataset '{dataset}'"):
-    trainer.train_and_evaluate(config, str(tmp_path))
+    loop.train_and_evaluate(config, str(tmp_path))
   assert _steps(tmp_path) == [3]  # the last good checkpoint stays the latest
 
 
 def test_skip_policy_finishes_counts_and_resumes_exactly(tiny_data_dir, tmp_path):
   config = _config(tiny_data_dir, **{"nonfinite.inject_at_step": 4, "nonfinite.policy": "skip"})
-  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+  loop.train_and_evaluate(config, str(tmp_path / "straight"))
   assert _meta(tmp_path / "straight", 9)["nonfinite"] == {"skipped_total": 1, "consecutive": 0}
   # Resume from step 6 (after the skip): the counters come back from the meta.
   shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
   shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "9")
   assert _meta(tmp_path / "resumed", 6)["nonfinite"]["skipped_total"] == 1
-  trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+  loop.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert _meta(tmp_path / "resumed", 9) == _meta(tmp_path / "straight", 9)
   assert_same_arrays(checkpoint_arrays(tmp_path / "resumed", 9),
                      checkpoint_arrays(tmp_path / "straight", 9), "resumed after a skipped step")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cover_jax.data import augment, pipeline
+from cover_jax.input import augment, pipeline
 
 
 @pytest.fixture

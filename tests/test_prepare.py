@@ -8,8 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from cover_jax.data import (class_list, dmvr_format, prepare, record_shards, video_decode,
-                            video_records)
+from cover_jax.prepare import class_list, cli as prepare_cli, dmvr_format, split_writer, video_decode, video_records
 from tests import video_collections
 from tests.helpers import REPO
 
@@ -25,7 +24,7 @@ def _prepare(output_dir, fmt, split="train", **kwargs):
   options = dict(format=fmt, output_dir=str(output_dir), split=split, settings=SETTINGS,
                  progress=False)
   options.update(kwargs)
-  return prepare.prepare(prepare.PrepareOptions(**options))
+  return prepare_cli.prepare(prepare_cli.PrepareOptions(**options))
 
 
 def _records(dataset_dir, split="train"):
@@ -64,7 +63,7 @@ def test_class_folders_become_records_with_frames_labels_and_a_report(raw, tmp_p
     _assert_frames(clip, raw / "folder", list(range(frames)))
     assert names[clip["label"]] == clip["label_text"].decode() == name.split("/")[0]
     assert (clip["start_us"], clip["end_us"]) == (0, frames * 100_000)
-  report = json.loads((tmp_path / prepare.REPORT_FILE).read_text())
+  report = json.loads((tmp_path / prepare_cli.REPORT_FILE).read_text())
   assert (report["fps"], report["short_side"], report["num_classes"]) == (10, 16, 2)
   split = report["splits"]["train"]
   assert (split["videos_listed"], split["videos_written"], split["videos_skipped"]) == (5, 4, 1)
@@ -80,7 +79,7 @@ def test_class_folders_become_records_with_frames_labels_and_a_report(raw, tmp_p
 def test_shards_hold_every_video_once_spread_by_a_fixed_shuffle():
   clips = [video_records.VideoClip(path=f"{i}.mp4", label=str(i % 2), name=f"{i}.mp4")
            for i in range(10)]
-  plan = lambda seed: record_shards.plan_shards(clips, {"0": 0, "1": 1}, dataset_dir="d",
+  plan = lambda seed: split_writer.plan_shards(clips, {"0": 0, "1": 1}, dataset_dir="d",
                                                 split="train", num_shards=3, seed=seed)
   shards = [[clip.name for clip, _ in task.items] for task in plan(0)]
   assert sorted(sum(shards, [])) == sorted(clip.name for clip in clips)
@@ -143,7 +142,7 @@ def test_later_splits_reuse_the_class_list_and_refuse_unknown_labels(raw, tmp_pa
   with pytest.raises(class_list.ClassListError, match="'backflip'"):
     _prepare(tmp_path, "csv", "test", annotations=str(unknown), video_root=str(raw / "folder"))
   assert not list(tmp_path.glob("test-*"))
-  report = json.loads((tmp_path / prepare.REPORT_FILE).read_text())
+  report = json.loads((tmp_path / prepare_cli.REPORT_FILE).read_text())
   assert sorted(report["splits"]) == ["train", "validation"]
 
 
@@ -154,7 +153,7 @@ def test_a_rerun_skips_finished_shards_and_rewrites_the_rest_identically(raw, tm
   shards = [tmp_path / name for name in first["shards"]]
   contents = [shard.read_bytes() for shard in shards]
   kept = os.stat(shards[0])
-  state = tmp_path / record_shards.STATE_DIR
+  state = tmp_path / split_writer.STATE_DIR
   # A killed run: shard 1 never finished, shard 2 lacks its outcome, a temp file is left.
   shards[1].unlink()
   (state / f"{shards[2].name}.json").unlink()
@@ -164,8 +163,8 @@ def test_a_rerun_skips_finished_shards_and_rewrites_the_rest_identically(raw, tm
   monkeypatch.setattr(video_records, "clip_record",
                       lambda clip, *a: encoded.append(clip.name) or original(clip, *a))
   again = _prepare(tmp_path, "folder", **kwargs)
-  tasks = record_shards.plan_shards(
-      prepare.annotations.read_class_folders(kwargs["video_root"]),
+  tasks = split_writer.plan_shards(
+      prepare_cli.annotations.read_class_folders(kwargs["video_root"]),
       {"cartwheel": 0, "juggling": 1}, dataset_dir=str(tmp_path), split="train", num_shards=3,
       seed=0)
   assert sorted(encoded) == sorted(c.name for task in tasks[1:] for c, _ in task.items)
@@ -179,9 +178,9 @@ def test_a_rerun_skips_finished_shards_and_rewrites_the_rest_identically(raw, tm
 
 def test_a_rerun_with_other_settings_is_refused(raw, tmp_path):
   _prepare(tmp_path, "folder", video_root=str(raw / "folder"), num_shards=2)
-  with pytest.raises(record_shards.ShardError, match=r"num_shards: 2 before, 3 now"):
+  with pytest.raises(split_writer.ShardError, match=r"num_shards: 2 before, 3 now"):
     _prepare(tmp_path, "folder", video_root=str(raw / "folder"), num_shards=3)
-  with pytest.raises(prepare.PrepareError, match=r"--fps=12 differs from the 10"):
+  with pytest.raises(prepare_cli.PrepareError, match=r"--fps=12 differs from the 10"):
     _prepare(tmp_path, "csv", "validation", annotations=str(raw / "clips.csv"),
              video_root=str(raw / "folder"), settings=video_records.EncodeSettings(fps=12))
 
@@ -190,7 +189,7 @@ def test_flag_errors_name_the_flag_the_value_and_the_fix(tmp_path):
   values = dict(format="csv", output_dir=str(tmp_path), split="train", annotations=None,
                 video_root=str(tmp_path / "nowhere"), class_list=None, fps=-1.0,
                 short_side=256, num_shards=0, jpeg_quality=0, workers=0)
-  assert prepare.flag_errors(values) == [
+  assert prepare_cli.flag_errors(values) == [
       "--fps=-1.0: must not be negative; use a frame rate such as 25, or 0 to keep the source "
       "frames",
       "--jpeg_quality=0: use 1..100, e.g. --jpeg_quality=90",
@@ -200,18 +199,18 @@ def test_flag_errors_name_the_flag_the_value_and_the_fix(tmp_path):
   (tmp_path / "a.csv").write_text("")
   folder = dict(values, format="folder", annotations=str(tmp_path / "a.csv"),
                 video_root=str(tmp_path), fps=25.0, jpeg_quality=90, workers=2)
-  assert prepare.flag_errors(folder) == [
+  assert prepare_cli.flag_errors(folder) == [
       f"--annotations={tmp_path / 'a.csv'}: not used with --format=folder (the folder names "
       "are the labels); drop it"]
   missing = dict(folder, format=None, split=None)
-  assert prepare.flag_errors(missing) == [
+  assert prepare_cli.flag_errors(missing) == [
       "--format is missing: use one of csv, kinetics, ssv2, folder",
       "--split is missing: use one of train, validation, test"]
 
 
 def test_the_command_line_with_two_workers(raw, tmp_path):
   out = tmp_path / "ds"
-  command = [sys.executable, "-m", "cover_jax.data.prepare", "--format=folder",
+  command = [sys.executable, "-m", "cover_jax.prepare.cli", "--format=folder",
              f"--video_root={raw / 'folder'}", f"--output_dir={out}", "--split=train",
              "--fps=10", "--short_side=16", "--num_shards=2", "--workers=2"]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)

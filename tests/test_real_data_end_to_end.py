@@ -4,8 +4,8 @@ import json
 import subprocess
 import sys
 
-from cover_jax import trainer
-from cover_jax.data import prepare, video_records
+from cover_jax.train import loop
+from cover_jax.prepare import cli as prepare_cli, video_records
 from tests import video_collections
 from tests.helpers import REPO, load_config
 
@@ -15,7 +15,7 @@ def test_prepare_read_train_and_evaluate_multi_view(tmp_path):
   data = tmp_path / "k400"
   settings = video_records.EncodeSettings(fps=10, short_side=16, jpeg_quality=90)
   for split in ("train", "validation"):  # the same 4 videos (+1 corrupt, skipped by prepare)
-    entry = prepare.prepare(prepare.PrepareOptions(
+    entry = prepare_cli.prepare(prepare_cli.PrepareOptions(
         format="folder", output_dir=str(data), split=split, video_root=str(raw / "folder"),
         settings=settings, progress=False))
     assert entry["videos_written"] == 4 and entry["videos_skipped"] == 1
@@ -24,7 +24,7 @@ def test_prepare_read_train_and_evaluate_multi_view(tmp_path):
                        **{"datasets.k400.num_classes": 2})
   ds = config.datasets.k400
   workdir = tmp_path / "work"
-  outcome = trainer.train_and_evaluate(config, str(workdir))
+  outcome = loop.train_and_evaluate(config, str(workdir))
   result = outcome.results["k400"]
   views = ds.eval_clips * ds.eval_crops
   assert (ds.eval_clips, ds.eval_crops) == (2, 3)
@@ -35,7 +35,7 @@ def test_prepare_read_train_and_evaluate_multi_view(tmp_path):
   assert "k400" in (workdir / "results.txt").read_text()
 
   # --mode=eval: the checkpoint gives the same numbers.
-  again = trainer.evaluate_checkpoint(config, str(workdir))
+  again = loop.evaluate_checkpoint(config, str(workdir))
   assert again["k400"] == result
 
 

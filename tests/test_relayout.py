@@ -1,4 +1,4 @@
-"""Converting a run's checkpoint between the scanned and unscanned layouts (cover_jax.relayout).
+"""Converting a run's checkpoint between the scanned and unscanned layouts (cover_jax.checkpoint.relayout).
 
 A run trained unscanned to step 4 is converted and continued scanned to step
 6; it must follow the run that was never converted. Converting there and
@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from cover_jax import relayout
+from cover_jax.checkpoint import relayout
 from tests.helpers import REPO, assert_same_arrays, checkpoint_arrays
 
 
@@ -75,7 +75,7 @@ def test_there_and_back_is_bit_identical_and_keeps_the_meta(unscanned_run, tmp_p
 def test_refuses_an_output_that_holds_checkpoints(unscanned_run):
   with pytest.raises(relayout.RelayoutError, match="already holds checkpoints"):
     relayout.relayout(str(unscanned_run), str(unscanned_run))
-  result = subprocess.run([sys.executable, "-m", "cover_jax.relayout",
+  result = subprocess.run([sys.executable, "-m", "cover_jax.checkpoint.relayout",
                            f"--workdir={unscanned_run}", f"--output={unscanned_run}"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2 and "choose a new directory" in result.stderr

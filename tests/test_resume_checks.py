@@ -7,7 +7,9 @@ import shutil
 import jax
 import pytest
 
-from cover_jax import checkpoint, optim, resume_checks, sharding, train_state, trainer
+from cover_jax.checkpoint import manager, resume_checks
+from cover_jax.train import loop, optim, state as train_state
+from cover_jax.parallel import sharding
 from tests.helpers import assert_same_arrays, checkpoint_arrays, load_config
 
 SEED = 2
@@ -25,7 +27,7 @@ def _steps(checkpoints: pathlib.Path) -> list[str]:
 def trained(tiny_data_dir, tmp_path_factory):
   """A finished 6-step tiny run with checkpoints 3 and 6."""
   workdir = tmp_path_factory.mktemp("trained")
-  trainer.train_and_evaluate(_config(tiny_data_dir), str(workdir))
+  loop.train_and_evaluate(_config(tiny_data_dir), str(workdir))
   return workdir
 
 
@@ -51,7 +53,7 @@ def test_incompatible_change_fails_naming_field_and_values(tiny_data_dir, workdi
                                                            expected):
   before = _steps(workdir / "checkpoints")
   with pytest.raises(resume_checks.ResumeConfigError) as e:
-    trainer.train_and_evaluate(_config(tiny_data_dir, total_steps=9, **overrides), str(workdir))
+    loop.train_and_evaluate(_config(tiny_data_dir, total_steps=9, **overrides), str(workdir))
   assert "cannot resume from the checkpoint of step 6" in str(e.value)
   assert expected in str(e.value)
   assert _steps(workdir / "checkpoints") == before  # nothing set aside, nothing written
@@ -63,14 +65,14 @@ def test_removing_a_dataset_fails_naming_the_datasets(tiny_data_dir, workdir):
   with pytest.raises(resume_checks.ResumeConfigError,
                      match=r"config.datasets = \['appearance', 'motion'\] here, "
                            r"\['appearance', 'images', 'motion'\] in the checkpoint"):
-    trainer.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
 
 
 def test_compatible_changes_continue_and_run_changes_are_logged(tiny_data_dir, workdir, caplog):
   config = _config(tiny_data_dir, total_steps=7, log_every=1, checkpoint_every=7,
                    **{"optimizer.learning_rate": 1e-4})
   with caplog.at_level(logging.INFO):
-    trainer.train_and_evaluate(config, str(workdir))
+    loop.train_and_evaluate(config, str(workdir))
   assert "resuming from checkpoint step 6" in caplog.text
   assert "optimizer.learning_rate: 0.001 -> 0.0001" in caplog.text
   assert "changed bookkeeping: checkpoint_every: 3 -> 7, log_every: 3 -> 1" in caplog.text
@@ -115,12 +117,12 @@ def small_state():
 @pytest.mark.parametrize("how", DAMAGES)
 def test_each_damage_of_the_latest_checkpoint_falls_back(small_state, tmp_path, how):
   abstract, state = small_state
-  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3)
+  ckpt = manager.Checkpointer(str(tmp_path), max_to_keep=3)
   for step in (1, 2):
     ckpt.save(step, state, {"step": step})
   ckpt.close()
   _damage(tmp_path / "2", how)
-  step, _, meta = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract)
+  step, _, meta = manager.Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract)
   assert step == 1 and meta == {"step": 1}
   assert (tmp_path / "1").exists() and (tmp_path / "2").exists()  # nothing deleted
 
@@ -129,7 +131,7 @@ def test_training_resumes_past_a_damaged_checkpoint_exactly(tiny_data_dir, train
                                                             caplog):
   _damage(workdir / "checkpoints" / "6", "garbage manifest")
   with caplog.at_level(logging.WARNING):
-    trainer.train_and_evaluate(_config(tiny_data_dir), str(workdir))
+    loop.train_and_evaluate(_config(tiny_data_dir), str(workdir))
   assert "checkpoint step 6" in caplog.text and "does not restore" in caplog.text
   aside = [p.name for p in (workdir / "checkpoints").iterdir() if p.name.startswith("damaged-6-")]
   assert len(aside) == 1  # moved aside, not deleted

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from cover_jax import config_validation, sharding
+from cover_jax.config import validation
+from cover_jax.parallel import sharding
 from tests.helpers import REPO, load_config
 
 # Faster CPU compiles (the check is about partitioning, not generated-code speed).
@@ -162,15 +163,15 @@ def test_config_errors_for_uneven_splits_and_knobs():
   config.axis_rules.embed = "fsdpx"
   config.model.remat = "some"
   config.grad_accum_steps = 3
-  with pytest.raises(config_validation.ConfigError) as error:
-    config_validation.validate_config(config, num_devices=8)
+  with pytest.raises(validation.ConfigError) as error:
+    validation.validate_config(config, num_devices=8)
   message = str(error.value)
   assert "config.axis_rules.embed = 'fsdpx'" in message and "Fix: --config.axis_rules.embed=fsdp" in message
   assert "config.model.remat = 'some'" in message
   assert "grad_accum_steps=3" in message and "batch_size=24" in message
   config.axis_rules.embed, config.model.remat, config.grad_accum_steps = "fsdp", "full", 1
-  with pytest.raises(config_validation.ConfigError, match=r"has 2 along 'heads', split over "
+  with pytest.raises(validation.ConfigError, match=r"has 2 along 'heads', split over "
                      r"tensor \(8 ways\)"):
-    config_validation.validate_config(config, num_devices=8)
+    validation.validate_config(config, num_devices=8)
   config.mesh_shape = (4, 1, 2)
-  config_validation.validate_config(config, num_devices=8)
+  validation.validate_config(config, num_devices=8)

@@ -8,14 +8,15 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cover_jax import config_defaults
-from cover_jax.data import class_list, image_index, pipeline, sources
+from cover_jax.config import defaults
+from cover_jax.prepare import class_list, image_index
+from cover_jax.input import pipeline, sources
 from tests import data_files
 
 
 
 def _specs(datasets: dict, data_dir: str = "") -> dict:
-  config = config_defaults.base_config()
+  config = defaults.base_config()
   config.data_dir = data_dir
   for name, cfg in datasets.items():
     config.datasets[name] = cfg
@@ -37,7 +38,7 @@ def _video_cfg(path, **kw):
                 crop_size=16, batch_size=4, eval_batch_size=2, eval_split="test",
                 shuffle_buffer=8)
   fields.update(kw)
-  return config_defaults.dataset_config(**fields)
+  return defaults.dataset_config(**fields)
 
 
 def test_dmvr_records_train_and_eval(tmp_path):
@@ -58,7 +59,7 @@ def test_dmvr_records_train_and_eval(tmp_path):
 def test_image_folder_is_one_frame_videos_with_sorted_folder_classes(tmp_path):
   data_files.write_image_folder(tmp_path, "train", {"dog": 3, "cat": 2, "emu": 3})
   data_files.write_image_folder(tmp_path, "validation", {"dog": 1, "cat": 1, "emu": 1})
-  cfg = config_defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=3,
+  cfg = defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=3,
                                        num_frames=1, crop_size=16, batch_size=4,
                                        eval_batch_size=3, eval_split="validation")
   spec = _specs({"pics": cfg})["pics"]
@@ -73,14 +74,14 @@ def test_image_folder_is_one_frame_videos_with_sorted_folder_classes(tmp_path):
 def test_image_index_gives_the_listing_order_and_replaces_the_listing(tmp_path):
   data_files.write_image_folder(tmp_path, "train", {"dog": 3, "cat": 2, "emu": 1})
   (tmp_path / "train" / "cat" / "notes.txt").write_text("not an image")
-  cfg = config_defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=3,
+  cfg = defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=3,
                                        num_frames=1, eval_split="")
   listed = sources.ImageFolder("pics", cfg).listing("train")
   assert [p.split("train/")[1] for p in listed[0]] == [
       "cat/0.jpg", "cat/1.jpg", "dog/0.jpg", "dog/1.jpg", "dog/2.jpg", "emu/0.jpg"]
   assert listed[1] == [0, 0, 1, 1, 1, 2]
 
-  result = subprocess.run([sys.executable, "-m", "cover_jax.data.image_index",
+  result = subprocess.run([sys.executable, "-m", "cover_jax.prepare.image_index",
                            f"--path={tmp_path}", "--split=train", "--workers=3"],
                           capture_output=True, text=True, timeout=120)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -95,7 +96,7 @@ def test_image_index_gives_the_listing_order_and_replaces_the_listing(tmp_path):
 
 
 def test_image_index_tool_names_a_path_without_class_folders(tmp_path):
-  result = subprocess.run([sys.executable, "-m", "cover_jax.data.image_index",
+  result = subprocess.run([sys.executable, "-m", "cover_jax.prepare.image_index",
                            f"--path={tmp_path}"], capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and "has no class folders" in result.stderr
 
@@ -105,7 +106,7 @@ def test_image_records_with_label_offset(tmp_path):
   records = [data_files.image_example(label, offset=-1) for label in (0, 1, 2, 1)]
   for split in ("train", "validation"):
     data_files.write_records(tmp_path / f"{split}-00000-of-00001", records)
-  cfg = config_defaults.dataset_config(source="image_records", path=str(tmp_path),
+  cfg = defaults.dataset_config(source="image_records", path=str(tmp_path),
                                        num_classes=3, num_frames=1, crop_size=16, batch_size=4,
                                        eval_split="validation", eval_batch_size=4,
                                        label_offset=-1)
@@ -134,7 +135,7 @@ class TinyTestImages(tfds.core.GeneratorBasedBuilder):
 
 
 def test_tfds_dataset_by_name_never_downloads(tmp_path):
-  cfg = config_defaults.dataset_config(source="tfds", tfds_name="tiny_test_images", num_classes=2,
+  cfg = defaults.dataset_config(source="tfds", tfds_name="tiny_test_images", num_classes=2,
                                        num_frames=1, crop_size=16, batch_size=4,
                                        eval_batch_size=2, eval_split="validation")
   with pytest.raises(sources.DatasetError, match=r"'pics'.*not prepared.*tfds build"):
@@ -203,7 +204,7 @@ def test_unreadable_image_files_are_skipped_and_counted(tmp_path):
   data_files.write_image_folder(tmp_path, "test", {"a": 1, "b": 1})
   data_files.break_symlink(tmp_path / "train" / "a" / "gone.jpg")
   (tmp_path / "train" / "b" / "junk.jpg").write_bytes(data_files.CORRUPT_JPEG)
-  cfg = config_defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=2,
+  cfg = defaults.dataset_config(source="image_folder", path=str(tmp_path), num_classes=2,
                                        num_frames=1, crop_size=16, batch_size=4,
                                        eval_batch_size=2, shuffle_buffer=1, eval_split="test")
   spec = _specs({"pics": cfg})["pics"]

@@ -1,4 +1,4 @@
-"""Tests for the synthetic datasets (cover_jax/data/synthetic.py, builders.py).
+"""Tests for the synthetic datasets (cover_jax/prepare/synthetic.py, embedded_builders.py).
 
 The pixel-level checks recover the object from the frames themselves (bright
 object vs dim background), so they test what a model would see rather than
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from cover_jax.data import builders
-from cover_jax.data import synthetic
+from cover_jax.prepare import embedded_builders
+from cover_jax.prepare import synthetic
 
 # Background pixels stay below ~75 in every channel and object pixels (even
 # the dark half) above ~120 in their brightest channel.
@@ -82,7 +82,7 @@ def test_examples_are_pure_functions_of_seed_split_index(source):
   again = dict(synthetic.generate_examples(source, "train", 3, **kwargs))
   test = dict(synthetic.generate_examples(source, "test", 3, **kwargs))
   reseeded = dict(synthetic.generate_examples(source, "train", 3, seed=1, **kwargs))
-  data_key = "video" if builders.IS_VIDEO[source] else "image"
+  data_key = "video" if embedded_builders.IS_VIDEO[source] else "image"
   arrays = [ex[data_key] for ex in first.values()]
   assert first.keys() == again.keys()
   for key in first:
@@ -96,7 +96,7 @@ def test_examples_are_pure_functions_of_seed_split_index(source):
 
 # Fingerprints of the first examples. A prepared dataset is reused as long as
 # its config name and VERSION match, so a renderer change that alters pixels
-# must bump `builders._VERSION` (and then update these) -- otherwise stale
+# must bump `embedded_builders._VERSION` (and then update these) -- otherwise stale
 # datasets would silently differ from freshly built ones.
 _FINGERPRINTS = {
     "synthetic_appearance": "a6c39584217ec4af",
@@ -109,13 +109,13 @@ _FINGERPRINTS = {
 def test_generated_data_is_pinned(source):
   digest = hashlib.sha256()
   for key, example in synthetic.generate_examples(source, "train", 6, num_frames=4, size=24):
-    array = example["video"] if builders.IS_VIDEO[source] else example["image"]
+    array = example["video"] if embedded_builders.IS_VIDEO[source] else example["image"]
     digest.update(key.encode())
     digest.update(array.tobytes())
     digest.update(bytes([example["label"]]))
   assert digest.hexdigest()[:16] == _FINGERPRINTS[source], (
-      "generated data changed: bump builders._VERSION and update _FINGERPRINTS")
-  assert str(builders.CoverSyntheticMotion.VERSION) == "1.0.0"
+      "generated data changed: bump embedded_builders._VERSION and update _FINGERPRINTS")
+  assert str(embedded_builders.CoverSyntheticMotion.VERSION) == "1.0.0"
 
 
 def test_sources_use_independent_random_streams():
@@ -136,13 +136,13 @@ def test_unknown_split_or_source_is_rejected():
 
 @pytest.mark.parametrize("source", synthetic.SOURCES)
 def test_shapes_dtypes_and_balanced_labels(source):
-  num_classes = builders.num_classes(source)
+  num_classes = embedded_builders.num_classes(source)
   n = 2 * num_classes + 3
   examples = list(synthetic.generate_examples(source, "train", n, num_frames=5, size=24))
   assert len(examples) == n
   assert len({key for key, _ in examples}) == n
-  expected_shape = (5, 24, 24, 3) if builders.IS_VIDEO[source] else (24, 24, 3)
-  data_key = "video" if builders.IS_VIDEO[source] else "image"
+  expected_shape = (5, 24, 24, 3) if embedded_builders.IS_VIDEO[source] else (24, 24, 3)
+  data_key = "video" if embedded_builders.IS_VIDEO[source] else "image"
   for _, example in examples:
     assert set(example) == {data_key, "label"}
     assert example[data_key].shape == expected_shape
@@ -161,8 +161,8 @@ def test_class_lists():
   assert synthetic.MOTION_CLASSES == [
       "move left", "move right", "move up", "move down",
       "rotate clockwise", "rotate counter-clockwise", "grow", "shrink"]
-  assert builders.num_classes("synthetic_motion") == 8
-  assert builders.num_classes("synthetic_images") == len(synthetic.IMAGE_CLASSES)
+  assert embedded_builders.num_classes("synthetic_motion") == 8
+  assert embedded_builders.num_classes("synthetic_images") == len(synthetic.IMAGE_CLASSES)
 
 
 # --- Appearance: the label is the object ----------------------------------------
@@ -179,7 +179,7 @@ def _dominant_colour(frames: np.ndarray) -> str:
 @pytest.mark.parametrize("source", ["synthetic_appearance", "synthetic_images"])
 def test_object_colour_matches_label(source):
   names = synthetic.class_names(source)
-  key = "video" if builders.IS_VIDEO[source] else "image"
+  key = "video" if embedded_builders.IS_VIDEO[source] else "image"
   for _, example in synthetic.generate_examples(source, "test", 2 * len(names), num_frames=4,
                                                  size=32):
     colour = names[example["label"]].split(" ")[0]
@@ -277,16 +277,16 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def built(data_dir):
-  return {source: builders.build(source, data_dir, **_TINY) for source in builders.SOURCES}
+  return {source: embedded_builders.build(source, data_dir, **_TINY) for source in embedded_builders.SOURCES}
 
 
-@pytest.mark.parametrize("source", builders.SOURCES)
+@pytest.mark.parametrize("source", embedded_builders.SOURCES)
 def test_tfds_dataset_matches_generator(built, source):
   builder = built[source]
   assert builder.is_prepared()
   assert builder.info.features["label"].names == synthetic.class_names(source)
   assert builder.info.splits["train"].num_examples == _TINY["num_train"]
-  is_video = builders.IS_VIDEO[source]
+  is_video = embedded_builders.IS_VIDEO[source]
   key = "video" if is_video else "image"
   assert builder.info.supervised_keys == (key, "label")
   frames = _TINY["num_frames"] if is_video else 1
@@ -308,7 +308,7 @@ def test_tfds_config_names_keep_variants_apart(built, data_dir):
   names = {source: builder.builder_config.name for source, builder in built.items()}
   assert names["synthetic_motion"] == "s24_f8_n16-8_seed0"
   assert names["synthetic_images"] == "s24_f1_n16-8_seed0"
-  other = builders.build("synthetic_motion", data_dir, num_train=4, num_test=2, size=16,
+  other = embedded_builders.build("synthetic_motion", data_dir, num_train=4, num_test=2, size=16,
                          num_frames=3, seed=5)
   assert other.builder_config.name == "s16_f3_n4-2_seed5"
   assert other.data_path != built["synthetic_motion"].data_path
@@ -324,22 +324,22 @@ def test_build_again_does_not_regenerate(built, data_dir, monkeypatch):
     raise AssertionError("regenerated an existing dataset")
 
   monkeypatch.setattr(synthetic, "generate_examples", fail)
-  for source in builders.SOURCES:
-    path = builders.build(source, data_dir, **_TINY).data_path
+  for source in embedded_builders.SOURCES:
+    path = embedded_builders.build(source, data_dir, **_TINY).data_path
     info = os.path.join(path, "dataset_info.json")
     mtime = os.stat(info).st_mtime_ns
-    again = builders.build(source, data_dir, **_TINY)
+    again = embedded_builders.build(source, data_dir, **_TINY)
     assert os.stat(info).st_mtime_ns == mtime
     assert again.info.splits["test"].num_examples == _TINY["num_test"]
 
 
 def test_unknown_source_is_a_helpful_error(tmp_path):
   with pytest.raises(ValueError, match="kinetics400") as error:
-    builders.build("kinetics400", str(tmp_path), **_TINY)
-  for source in builders.SOURCES:
+    embedded_builders.build("kinetics400", str(tmp_path), **_TINY)
+  for source in embedded_builders.SOURCES:
     assert source in str(error.value)
   with pytest.raises(ValueError, match="kinetics400"):
-    builders.num_classes("kinetics400")
+    embedded_builders.num_classes("kinetics400")
 
 
 def test_build_failure_is_raised_and_leaves_nothing_prepared(tmp_path, monkeypatch):
@@ -349,9 +349,9 @@ def test_build_failure_is_raised_and_leaves_nothing_prepared(tmp_path, monkeypat
 
   monkeypatch.setattr(synthetic, "generate_examples", broken)
   with pytest.raises(RuntimeError, match="renderer exploded"):
-    builders.build("synthetic_images", str(tmp_path), **_TINY)
+    embedded_builders.build("synthetic_images", str(tmp_path), **_TINY)
   monkeypatch.undo()
-  builder = builders.build("synthetic_images", str(tmp_path), **_TINY)
+  builder = embedded_builders.build("synthetic_images", str(tmp_path), **_TINY)
   assert builder.info.splits["train"].num_examples == _TINY["num_train"]
 
 
@@ -363,18 +363,18 @@ def test_build_survives_losing_a_race(tmp_path, monkeypatch):
   this build's final rename finds the dataset already there.
   """
   data_dir = str(tmp_path)
-  monkeypatch.setattr(builders, "_build_lock", lambda *args: contextlib.nullcontext())
+  monkeypatch.setattr(embedded_builders, "_build_lock", lambda *args: contextlib.nullcontext())
   real_generate = synthetic.generate_examples
   rival = []
 
   def racing_generate(*args, **kwargs):
     if not rival:
       rival.append("started")  # The rival's own generator calls must not race.
-      rival.append(builders.build("synthetic_motion", data_dir, **_TINY))
+      rival.append(embedded_builders.build("synthetic_motion", data_dir, **_TINY))
     yield from real_generate(*args, **kwargs)
 
   errors = []
-  real_prepare = builders._prepare  # pylint: disable=protected-access
+  real_prepare = embedded_builders._prepare  # pylint: disable=protected-access
 
   def recording_prepare(builder):
     try:
@@ -384,8 +384,8 @@ def test_build_survives_losing_a_race(tmp_path, monkeypatch):
       raise
 
   monkeypatch.setattr(synthetic, "generate_examples", racing_generate)
-  monkeypatch.setattr(builders, "_prepare", recording_prepare)
-  builder = builders.build("synthetic_motion", data_dir, **_TINY)
+  monkeypatch.setattr(embedded_builders, "_prepare", recording_prepare)
+  builder = embedded_builders.build("synthetic_motion", data_dir, **_TINY)
   assert len(rival) == 2 and rival[1].is_prepared(), "the rival build did not run"
   assert len(errors) == 1 and isinstance(errors[0], FileExistsError), errors  # Lost the rename.
   assert builder.info.splits["train"].num_examples == _TINY["num_train"]
@@ -399,10 +399,10 @@ def test_build_lock_serialises_builders(tmp_path):
   events = []
 
   def contender():
-    with builders._build_lock(str(tmp_path), "ds"):  # pylint: disable=protected-access
+    with embedded_builders._build_lock(str(tmp_path), "ds"):  # pylint: disable=protected-access
       events.append("contender")
 
-  with builders._build_lock(str(tmp_path), "ds"):  # pylint: disable=protected-access
+  with embedded_builders._build_lock(str(tmp_path), "ds"):  # pylint: disable=protected-access
     thread = threading.Thread(target=contender)
     thread.start()
     thread.join(timeout=0.3)
@@ -418,7 +418,7 @@ def test_temp_dir_names_do_not_follow_the_callers_random_seed():
   random.seed(0)
   expected_next = random.random()
   random.seed(0)
-  with builders._fresh_python_random():  # pylint: disable=protected-access
+  with embedded_builders._fresh_python_random():  # pylint: disable=protected-access
     inside = random.random()
   assert inside != expected_next
   assert random.random() == expected_next
@@ -441,7 +441,7 @@ def test_build_never_returns_a_builder_without_splits(built, data_dir, monkeypat
       return real_read(self, *args, **kwargs)
 
   monkeypatch.setattr(tfds.core.DatasetInfo, "read_from_directory", read_once_skipped)
-  builder = builders.build("synthetic_motion", data_dir, **_TINY)
+  builder = embedded_builders.build("synthetic_motion", data_dir, **_TINY)
   assert len(calls) > 1
   assert builder.info.splits["test"].num_examples == _TINY["num_test"]
 
@@ -458,5 +458,5 @@ def test_build_leaves_no_temp_dirs(tmp_path, monkeypatch):
     return path
 
   monkeypatch.setattr(tempfile, "mkdtemp", spy)
-  builders.build("synthetic_images", str(tmp_path), **_TINY)
+  embedded_builders.build("synthetic_images", str(tmp_path), **_TINY)
   assert not [path for path in made if os.path.exists(path)]

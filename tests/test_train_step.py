@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from cover_jax import checkpoint, optim, sharding, train_state
-from cover_jax.train_step import FlatStateStep, HeadSettings, bind_train_step
+from cover_jax.checkpoint import manager
+from cover_jax.train import optim, state as train_state
+from cover_jax.parallel import sharding
+from cover_jax.train.step import FlatStateStep, HeadSettings, bind_train_step
 from tests.helpers import load_config
 
 NAMES = ("appearance", "images", "motion")
@@ -154,10 +156,10 @@ def test_sgd_optimizer_builds_and_steps(setup):
 def test_checkpoint_round_trip_is_bit_exact(setup, tmp_path):
   *_, abstract, _, init = setup
   state, _ = _step_fn(setup)(init(), (_batch("motion", 4),), jax.random.key(0))
-  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=2)
+  ckpt = manager.Checkpointer(str(tmp_path), max_to_keep=2)
   ckpt.save(1, state, {"note": "x"})
   ckpt.wait()
-  step, restored, meta = checkpoint.Checkpointer(str(tmp_path), max_to_keep=2).restore_latest(abstract)
+  step, restored, meta = manager.Checkpointer(str(tmp_path), max_to_keep=2).restore_latest(abstract)
   assert step == 1 and meta == {"note": "x"}
   for a, b in zip(_leaves(state), _leaves(restored)):
     np.testing.assert_array_equal(a, b)
@@ -167,7 +169,7 @@ def test_checkpoint_round_trip_is_bit_exact(setup, tmp_path):
 def test_damaged_latest_checkpoint_falls_back(setup, tmp_path, damage):
   *_, abstract, _, init = setup
   state = init()
-  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3)
+  ckpt = manager.Checkpointer(str(tmp_path), max_to_keep=3)
   ckpt.save(1, state, {"step": 1})
   ckpt.save(2, state, {"step": 2})
   ckpt.close()
@@ -179,7 +181,7 @@ def test_damaged_latest_checkpoint_falls_back(setup, tmp_path, damage):
     (state_dir / "_METADATA").unlink()
   else:
     (state_dir / "manifest.ocdbt").write_bytes(b"garbage")
-  step, _, meta = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract)
+  step, _, meta = manager.Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract)
   assert step == 1 and meta["step"] == 1
   assert (tmp_path / "2").exists()  # nothing deleted
 
@@ -187,25 +189,25 @@ def test_damaged_latest_checkpoint_falls_back(setup, tmp_path, damage):
 def test_training_past_a_damaged_step_can_save_it_again(setup, tmp_path):
   *_, abstract, _, init = setup
   state = init()
-  ckpt = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3)
+  ckpt = manager.Checkpointer(str(tmp_path), max_to_keep=3)
   ckpt.save(1, state, {"step": 1})
   ckpt.save(2, state, {"step": 2})
   ckpt.close()
   (tmp_path / "2" / "state" / "manifest.ocdbt").write_bytes(b"garbage")
-  resumed = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3)
+  resumed = manager.Checkpointer(str(tmp_path), max_to_keep=3)
   step, state, _ = resumed.restore_latest(abstract, set_aside_damaged=True)
   assert step == 1
   kept = [p.name for p in tmp_path.iterdir() if p.name.startswith("damaged-2-")]
   assert len(kept) == 1 and (tmp_path / kept[0] / "state").exists()  # moved, not deleted
   resumed.save(2, state, {"step": 2})
   resumed.close()
-  step, _, meta = checkpoint.Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract)
+  step, _, meta = manager.Checkpointer(str(tmp_path), max_to_keep=3).restore_latest(abstract)
   assert step == 2 and meta == {"step": 2}
 
 
 def test_no_checkpoint_restores_to_none(setup, tmp_path):
   abstract = setup[4]
-  assert checkpoint.Checkpointer(str(tmp_path), max_to_keep=1).restore_latest(abstract) is None
+  assert manager.Checkpointer(str(tmp_path), max_to_keep=1).restore_latest(abstract) is None
 
 
 def test_flat_state_step_equals_the_train_state_step_and_round_trips(setup):

@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cover_jax import trainer
-from cover_jax.data import annotations, class_list, video_builders, video_records
+from cover_jax.train import loop
+from cover_jax.prepare import annotations, class_list, video_builders, video_records
 from tests import video_collections
 from tests.helpers import load_config
 
@@ -117,7 +117,7 @@ def test_kinetics_prepared_by_tfds_trains_and_evaluates_through_the_tfds_source(
       "datasets.k400.tfds_name": "cover_kinetics/tiny", "datasets.k400.num_classes": 2,
       "datasets.k400.eval_split": "train",  # this manual_dir has no validation CSV
       "datasets.k400.eval_clips": 1, "datasets.k400.eval_crops": 1})
-  outcome = trainer.train_and_evaluate(config, str(tmp_path / "work"))
+  outcome = loop.train_and_evaluate(config, str(tmp_path / "work"))
   result = outcome.results["k400"]
   prepared = tfds.builder("cover_kinetics/tiny", data_dir=str(data_dir)).info.splits["train"]
   assert result["num_videos"] == prepared.num_examples > 0 and result["skipped_records"] == 0

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from cover_jax.data import video_decode
-from cover_jax.data.video_decode import VideoDecodeError, decode_video
+from cover_jax.prepare import video_decode
+from cover_jax.prepare.video_decode import VideoDecodeError, decode_video
 from tests import video_files
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cover_jax import config_defaults
-from cover_jax.data import pipeline, views
+from cover_jax.config import defaults
+from cover_jax.input import pipeline
+from cover_jax.evaluation import views
 
 
 def _starts(available, frames, stride, clips):
@@ -20,7 +21,7 @@ def test_evenly_spaced_from_first_to_last_possible_start():
 
 @pytest.mark.parametrize("clips", [1, 4])
 def test_eval_pipeline_takes_the_frames_of_the_temporal_views(clips):
-  cfg = config_defaults.dataset_config(num_frames=4, stride=4, eval_clips=clips)
+  cfg = defaults.dataset_config(num_frames=4, stride=4, eval_clips=clips)
   for available in (13, 16, 40, 5):
     frames = tf.reshape(tf.range(available), [available, 1, 1, 1])
     ours = views.temporal_views(frames, 4, 4, clips)[..., 0, 0, 0]

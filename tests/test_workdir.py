@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from cover_jax import trainer, workdir
+from cover_jax.train import loop
+from cover_jax.checkpoint import workdir
 from tests.helpers import REPO, load_config
 
 
@@ -21,7 +22,7 @@ def test_workdir_under_a_file_is_refused(tiny_data_dir, tmp_path):
   (tmp_path / "a_file").write_text("x")
   config = load_config(arg="tiny=true", data_dir=tiny_data_dir)
   with pytest.raises(workdir.WorkdirError, match=r"is not usable: writing a file there failed"):
-    trainer.train_and_evaluate(config, str(tmp_path / "a_file" / "run"))
+    loop.train_and_evaluate(config, str(tmp_path / "a_file" / "run"))
 
 
 def test_too_little_space_for_a_checkpoint_is_refused(tmp_path):

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cover_jax import sharding
+from cover_jax.parallel import sharding
 
 # Inside a scan body, a block's parameters lose their leading `layers` axis:
 # the same for their sharding annotations.
@@ -204,4 +204,4 @@ def check_checkpoint_layout(directory: str, scan_layers: bool) -> None:
           f"{os.path.dirname(os.path.dirname(meta_file))} was saved with "
           f"model.scan_layers={bool(saved)}, but this run has {bool(scan_layers)}. Resume with "
           f"--config.model.scan_layers={bool(saved)}, or convert the checkpoint into a new "
-          "workdir first: python -m cover_jax.relayout --workdir=<this run> --output=<new dir>.")
+          "workdir first: python -m cover_jax.checkpoint.relayout --workdir=<this run> --output=<new dir>.")

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cover_jax import sharding
+from cover_jax.parallel import sharding
 from cover_jax.models import block_stack
 
 ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")

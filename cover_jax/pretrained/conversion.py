@@ -19,7 +19,8 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from cover_jax import checkpoint, config_defaults
+from cover_jax.checkpoint import manager
+from cover_jax.config import defaults
 from cover_jax.models import cover, timesformer
 from cover_jax.pretrained import fit, loader
 from cover_jax.pretrained.weights import PretrainedWeights, checkpoint_dims
@@ -37,7 +38,7 @@ def model_config_for(weights: PretrainedWeights, *, num_frames=None, image_size=
   info = weights.info
   grid = int(round((weights.params["backbone/pos_embed"].shape[0] - 1) ** 0.5))
   time = weights.params.get("backbone/time_embed")
-  return config_defaults.model_config(
+  return defaults.model_config(
       variant=variant, **overrides,
       image_size=image_size or info.image_size or grid * dims.patch_size,
       num_frames=num_frames or info.num_frames or (time.shape[0] if time is not None else 8),
@@ -56,7 +57,7 @@ def _variant_for(dims, table) -> tuple[str, dict]:
 
 def build_config(weights, model_config, head_name: str | None, *, stride=None, fps=None):
   """The full config of a converted checkpoint: model, input normalisation, one entry per head."""
-  config = config_defaults.base_config()
+  config = defaults.base_config()
   config.model = model_config
   config.input.mean, config.input.std = tuple(weights.info.mean), tuple(weights.info.std)
   # An image model's head classifies images: 1-frame clips.
@@ -112,7 +113,7 @@ def _params_tree(arrays: dict, model_config, num_classes: dict):
 
 
 def _write(output: str, params, config, meta: dict) -> None:
-  ckpt = checkpoint.Checkpointer(os.path.join(output, "checkpoints"), max_to_keep=1,
+  ckpt = manager.Checkpointer(os.path.join(output, "checkpoints"), max_to_keep=1,
                                  asynchronous=False)
   ckpt.save(0, {"step": jnp.zeros((), jnp.int32), "params": params}, meta)
   ckpt.close()

@@ -8,7 +8,7 @@ restores — parameters, optimizer state, step and meta (input positions
 included) — in the other layout, into a new workdir, so the run continues
 there as the same run:
 
-  python -m cover_jax.relayout --workdir=/runs/k400 --output=/runs/k400_scanned
+  python -m cover_jax.checkpoint.relayout --workdir=/runs/k400 --output=/runs/k400_scanned
   python -m cover_jax.main --config=configs/k400.py --workdir=/runs/k400_scanned \
       --config.model.scan_layers=true
 
@@ -28,7 +28,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import app, flags
 
-from cover_jax import checkpoint
+from cover_jax.checkpoint import manager
 from cover_jax.models import block_stack
 from cover_jax.pretrained import orbax_init
 from cover_jax.pretrained.weights import PretrainedError
@@ -80,7 +80,7 @@ def relayout(workdir: str, output: str, scan_layers: bool | None = None) -> tupl
     config["model"]["scan_layers"] = target
     meta = {**meta, "config": json.dumps(config)}
     step = int(os.path.basename(os.path.normpath(step_dir)))
-    writer = checkpoint.Checkpointer(out_dir, max_to_keep=int(config.get("keep_checkpoints", 2)),
+    writer = manager.Checkpointer(out_dir, max_to_keep=int(config.get("keep_checkpoints", 2)),
                                      asynchronous=False)
     writer.save(step, state, meta)
     writer.close()

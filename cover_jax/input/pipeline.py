@@ -38,7 +38,8 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from cover_jax.data import augment, sources, views
+from cover_jax.input import augment, sources
+from cover_jax.evaluation import views
 
 AUTOTUNE = tf.data.AUTOTUNE
 DatasetError = sources.DatasetError

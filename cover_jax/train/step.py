@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from cover_jax import grad_accum, mixup as mixup_lib, nonfinite
+from cover_jax.train import grad_accum, mixup as mixup_lib, nonfinite
 
 
 @flax.struct.dataclass

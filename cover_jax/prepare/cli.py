@@ -1,9 +1,9 @@
 r"""Prepares a video collection for training: sharded DMVR-format records of one split.
 
-  python -m cover_jax.data.prepare --format=kinetics \
+  python -m cover_jax.prepare --format=kinetics \
       --annotations=/raw/k400/annotations/train.csv --video_root=/raw/k400/train \
       --output_dir=/data/k400 --split=train --workers=16
-  python -m cover_jax.data.prepare --format=kinetics \
+  python -m cover_jax.prepare --format=kinetics \
       --annotations=/raw/k400/annotations/val.csv --video_root=/raw/k400/val \
       --output_dir=/data/k400 --split=validation --workers=16
 
@@ -21,7 +21,7 @@ The dataset directory (the contract with the readers):
   <split>_skipped.txt                   the skipped videos again, one per line: path<TAB>reason
 
 Running the same command again resumes: finished shards are kept, the rest are
-written (see record_shards.py). Videos that cannot be decoded are skipped and
+written (see split_writer.py). Videos that cannot be decoded are skipped and
 reported; the job never stops for one bad file.
 
 Exit status: 0 done (possibly with skipped videos); 1 no video could be
@@ -43,7 +43,7 @@ import time
 from absl import app, flags, logging
 from etils import epath
 
-from cover_jax.data import annotations, class_list, record_shards, video_records
+from cover_jax.prepare import annotations, class_list, split_writer, video_records
 
 REPORT_FILE = "prepare_report.json"
 SPLITS = ("train", "validation", "test")
@@ -64,7 +64,7 @@ class PrepareOptions:
   video_root: str | None = None
   class_list: str | None = None
   settings: video_records.EncodeSettings = video_records.EncodeSettings()
-  num_shards: int = 0  # 0: one shard per record_shards.VIDEOS_PER_SHARD videos
+  num_shards: int = 0  # 0: one shard per split_writer.VIDEOS_PER_SHARD videos
   workers: int = 1
   seed: int = 0
   progress: bool = True
@@ -79,7 +79,7 @@ def _dataset_lock(output_dir: str):
   if "://" in output_dir:
     yield
     return
-  state = os.path.join(output_dir, record_shards.STATE_DIR)
+  state = os.path.join(output_dir, split_writer.STATE_DIR)
   os.makedirs(state, exist_ok=True)
   with open(os.path.join(state, "lock"), "a") as lock_file:
     fcntl.flock(lock_file, fcntl.LOCK_EX)
@@ -159,7 +159,7 @@ def prepare(options: PrepareOptions) -> dict:
 
   Raises:
     annotations.AnnotationError, class_list.ClassListError, PrepareError,
-    record_shards.ShardError: with a message that says what to fix. Nothing
+    split_writer.ShardError: with a message that says what to fix. Nothing
     is written for bad annotations or class lists.
   """
   start = time.time()
@@ -173,13 +173,13 @@ def prepare(options: PrepareOptions) -> dict:
   with _dataset_lock(output_dir):
     names = class_list.resolve(output_dir, [clip.label for clip in clips], options.class_list)
     _claim_settings(output_dir, options.settings)
-  num_shards = options.num_shards or record_shards.auto_num_shards(len(clips))
-  tasks = record_shards.plan_shards(clips, {name: i for i, name in enumerate(names)},
+  num_shards = options.num_shards or split_writer.auto_num_shards(len(clips))
+  tasks = split_writer.plan_shards(clips, {name: i for i, name in enumerate(names)},
                                     dataset_dir=output_dir, split=options.split,
                                     num_shards=num_shards, seed=options.seed)
-  record_shards.check_or_save_plan(output_dir, options.split, _plan(options, clips, num_shards))
-  record_shards.remove_stale_temp_files(output_dir, options.split)
-  outcomes = record_shards.write_shards(tasks, options.settings, workers=options.workers,
+  split_writer.check_or_save_plan(output_dir, options.split, _plan(options, clips, num_shards))
+  split_writer.remove_stale_temp_files(output_dir, options.split)
+  outcomes = split_writer.write_shards(tasks, options.settings, workers=options.workers,
                                         progress=options.progress)
   entry = _split_report(options, clips, outcomes, time.time() - start)
   with _dataset_lock(output_dir):
@@ -193,7 +193,7 @@ def prepare(options: PrepareOptions) -> dict:
 
 # ----------------------------------------------------------------------------- command line
 
-def _define_flags() -> None:
+def define_flags() -> None:
   """The command line's flags; defined only when this module is run as a program, so
   importing it (tests, benchmarks, other tools) adds no flags to theirs."""
   flags.DEFINE_enum("format", None, annotations.FORMATS,
@@ -217,7 +217,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer("jpeg_quality", video_records.DEFAULT_JPEG_QUALITY,
                        "JPEG quality of stored frames, 1-100.")
   flags.DEFINE_integer("num_shards", 0,
-                       f"Shard files (0: one per {record_shards.VIDEOS_PER_SHARD} videos).")
+                       f"Shard files (0: one per {split_writer.VIDEOS_PER_SHARD} videos).")
   flags.DEFINE_integer("workers", os.cpu_count() or 1, "Worker processes.")
   flags.DEFINE_integer("seed", 0, "Seed of the shuffle that assigns videos to shards.")
   flags.DEFINE_bool("progress", True, "Show a progress bar.")
@@ -233,7 +233,7 @@ def flag_errors(values: dict) -> list[str]:
   for name, allowed in (("fps", "a frame rate such as 25, or 0 to keep the source frames"),
                         ("short_side", "a size such as 256, or 0 to keep the frame size"),
                         ("num_shards", "a shard count, or 0 for one per "
-                         f"{record_shards.VIDEOS_PER_SHARD} videos")):
+                         f"{split_writer.VIDEOS_PER_SHARD} videos")):
     if values[name] < 0:
       errors.append(f"--{name}={values[name]}: must not be negative; use {allowed}")
   if not 1 <= values["jpeg_quality"] <= 100:
@@ -293,10 +293,10 @@ def main(argv):
   try:
     entry = prepare(options)
   except (annotations.AnnotationError, class_list.ClassListError, PrepareError,
-          record_shards.ShardError) as e:
+          split_writer.ShardError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except record_shards.WorkerDiedError as e:
+  except split_writer.WorkerDiedError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(3)
   print(_summary(options.output_dir, options.split, entry))
@@ -306,6 +306,3 @@ def main(argv):
     sys.exit(1)
 
 
-if __name__ == "__main__":
-  _define_flags()
-  app.run(main)

@@ -18,12 +18,12 @@ import dataclasses
 
 import ml_collections
 
-from cover_jax import config_args, config_defaults
+from cover_jax.config import args as config_args, defaults
 
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
-  """One dataset of the paper; fields mirror config_defaults.dataset_config."""
+  """One dataset of the paper; fields mirror defaults.dataset_config."""
   title: str
   num_classes: int
   source: str                # 'dmvr' (our prepare tool), 'tfds', 'image_folder'
@@ -41,15 +41,15 @@ class Entry:
 
 CATALOG = {
     "k400": Entry("Kinetics-400", 400, "dmvr", stride=32, eval_clips=4,
-                  prepare="python -m cover_jax.data.prepare --format=kinetics ..."),
+                  prepare="python -m cover_jax.prepare --format=kinetics ..."),
     "k600": Entry("Kinetics-600", 600, "dmvr", stride=32, eval_clips=4,
-                  prepare="python -m cover_jax.data.prepare --format=kinetics ..."),
+                  prepare="python -m cover_jax.prepare --format=kinetics ..."),
     "k700": Entry("Kinetics-700", 700, "dmvr", stride=32, eval_clips=4,
-                  prepare="python -m cover_jax.data.prepare --format=kinetics ..."),
+                  prepare="python -m cover_jax.prepare --format=kinetics ..."),
     "ssv2": Entry("Something-Something-v2", 174, "dmvr", sampling="segment", flip=False,
-                  prepare="python -m cover_jax.data.prepare --format=ssv2 --fps=12 ..."),
+                  prepare="python -m cover_jax.prepare --format=ssv2 --fps=12 ..."),
     "mit": Entry("Moments-in-Time", 339, "dmvr", stride=8,
-                 prepare="python -m cover_jax.data.prepare --format=folder ..."),
+                 prepare="python -m cover_jax.prepare --format=folder ..."),
     "in1k": Entry("ImageNet-1k", 1000, "tfds", num_frames=1, eval_crops=1, eval_short_side=256,
                   tfds_name="imagenet2012", prepare="TFDS imagenet2012 (manual download)"),
     # The fall11 release as used for ViT pre-training (21,843 classes). It has
@@ -78,7 +78,7 @@ def dataset_entry(name: str, path: str, *, tiny: bool = False, **overrides):
                   eval_clips=min(e.eval_clips, 2), batch_size=8, eval_batch_size=4,
                   shuffle_buffer=64)
   fields.update(overrides)
-  return config_defaults.dataset_config(**fields)
+  return defaults.dataset_config(**fields)
 
 
 def experiment_config(names: list[str], arg: str | None, *, weights=None,
@@ -92,17 +92,17 @@ def experiment_config(names: list[str], arg: str | None, *, weights=None,
   dirs = {"data": f"/data/{names[0]}"} if len(names) == 1 else {n: f"/data/{n}" for n in names}
   arg = config_args.parse_arg(arg, variant="B/16", frames=8, steps=30000, tiny=False, **dirs)
   path = {n: arg.data if len(names) == 1 else arg[n] for n in names}
-  config = config_defaults.base_config()
+  config = defaults.base_config()
   config.mixture = mixture
   config.total_steps = arg.steps
   config.log_every, config.eval_every, config.checkpoint_every = 100, 5000, 1000
-  config.model = config_defaults.model_config(variant=arg.variant, num_frames=arg.frames,
+  config.model = defaults.model_config(variant=arg.variant, num_frames=arg.frames,
                                                stochastic_depth=0.1)
   # The weights these recipes start from (ViT ImageNet-21k .npz, released
   # TimeSformer checkpoints) expect [0, 1] frames normalised with mean = std = 0.5.
   config.input.mean, config.input.std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
   # TimeSformer's fine-tuning recipe: SGD with momentum, cosine decay.
-  config.optimizer = config_defaults.optimizer_config(
+  config.optimizer = defaults.optimizer_config(
       name="sgd", learning_rate=0.005, warmup_steps=1000, weight_decay=1e-4)
   for name in names:
     frames = {} if CATALOG[name].num_frames == 1 else {"num_frames": arg.frames}

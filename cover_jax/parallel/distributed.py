@@ -2,7 +2,7 @@
 
 One process runs per host (TPU VM worker, or GPU node), or per GPU under
 SLURM; all of them run the same program, each reading its share of the input
-(`cover_jax/data/shards.py`), and JAX's multi-controller runtime joins their
+(`cover_jax/input/shards.py`), and JAX's multi-controller runtime joins their
 devices into one mesh. This module only decides whether and how to call
 `jax.distributed.initialize`, which must happen before JAX touches a device.
 

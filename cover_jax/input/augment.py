@@ -8,7 +8,7 @@ depends on pixel statistics (autocontrast, equalize, contrast) take them over
 the whole clip, for the same reason.
 
 `train_augment` is the one entry point; `config.datasets.<name>.augment`
-(config_defaults.augment_config) chooses what it does:
+(defaults.augment_config) chooses what it does:
   crop                 a random crop_size window (the default)
   scale_jitter         short side resized to a random size in short_side_range,
                        then a random crop (SlowFast / TimeSformer)
@@ -19,7 +19,7 @@ the whole clip, for the same reason.
 then a horizontal flip with probability 1/2 where the dataset's `flip` allows
 it, then RandAugment with `randaugment_layers` ops (0: off) at
 `randaugment_magnitude` (0..10). The mixup / cutmix fields of the same config
-act on device, in the train step (cover_jax/mixup.py).
+act on device, in the train step (cover_jax/train/mixup.py).
 """
 
 from __future__ import annotations
@@ -311,5 +311,5 @@ RANDAUGMENT_OPS = {
 
 def config_of(dataset_cfg):
   """The dataset's `augment` config; defaults for configs written before it existed."""
-  from cover_jax import config_defaults  # pylint: disable=import-outside-toplevel
-  return dataset_cfg.get("augment") or config_defaults.augment_config()
+  from cover_jax.config import defaults  # pylint: disable=import-outside-toplevel
+  return dataset_cfg.get("augment") or defaults.augment_config()

@@ -43,12 +43,17 @@ import numpy as np
 from clu import periodic_actions
 from jax.experimental import multihost_utils
 
-from cover_jax import checkpoint, evaluate, mixture, mixup, optim, sharding, train_state, writers
-from cover_jax import nonfinite, preemption, resume_checks, workdir as workdir_checks
-from cover_jax.data import augment, pipeline, shards
+from cover_jax.checkpoint import manager
+from cover_jax.evaluation import evaluate
+from cover_jax.train import mixture, mixup, optim, state as train_state
+from cover_jax.parallel import sharding
+from cover_jax.metrics import writers
+from cover_jax.train import nonfinite, preemption
+from cover_jax.checkpoint import resume_checks, workdir as workdir_checks
+from cover_jax.input import augment, pipeline, shards
 from cover_jax.models import block_stack
 from cover_jax.pretrained import loader as pretrained_loader
-from cover_jax.train_step import FlatStateStep, HeadSettings, bind_train_step
+from cover_jax.train.step import FlatStateStep, HeadSettings, bind_train_step
 
 NonFiniteLossError = nonfinite.NonFiniteLossError
 
@@ -70,7 +75,7 @@ class _Run:
   start_step: int
   step_fn: FlatStateStep
   eval_fn: object
-  ckpt: checkpoint.Checkpointer
+  ckpt: manager.Checkpointer
   writer: object
   eval_datasets: dict = dataclasses.field(default_factory=dict)  # built on first use
   skip_counters: dict = dataclasses.field(default_factory=dict)  # dataset -> {shard: SkipCounter}
@@ -141,7 +146,7 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not require_checkpoint:
     workdir_checks.ensure_room_for_checkpoint(ckpt_dir, abstract)
-  ckpt = checkpoint.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
+  ckpt = manager.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
   block_stack.check_checkpoint_layout(ckpt.directory, config.model.scan_layers)
   restored = ckpt.restore_latest(
       abstract, set_aside_damaged=not require_checkpoint and jax.process_index() == 0,
@@ -213,7 +218,7 @@ def _input_positions(run: _Run) -> dict[str, int]:
 
 
 def _train_iterators(run: _Run, consumed: dict[str, int]) -> dict:
-  """This process's share of every dataset's batches (data/shards.py)."""
+  """This process's share of every dataset's batches (input/shards.py)."""
   cfg = run.config
   num_shards = shards.resolve_num_shards(cfg.input.shards, jax.process_count())
   owned = shards.owned_shards(num_shards, jax.process_index(), jax.process_count())

@@ -34,9 +34,9 @@ from etils import epath
 import tensorflow as tf
 import tqdm
 
-from cover_jax.data import video_records
-from cover_jax.data import workers as workers_lib
-from cover_jax.data.annotations import VideoClip
+from cover_jax.prepare import video_records
+from cover_jax.prepare import workers as workers_lib
+from cover_jax.prepare.annotations import VideoClip
 
 STATE_DIR = ".prepare"
 # ~64 Kinetics clips (10 s at 25 fps, 256 px) make a shard of ~100-300 MB.

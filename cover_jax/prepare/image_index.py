@@ -1,12 +1,12 @@
 r"""An index of an image folder's files: list them once, not at every start.
 
-`source=image_folder` (data/sources.py) reads `<root>/<class>/<image>`. For
+`source=image_folder` (input/sources.py) reads `<root>/<class>/<image>`. For
 ImageNet-21k that is ~14M files in ~21k folders: listing them takes minutes
 on a network file system, and every process of every run would do it. Write
 the index once:
 
-  python -m cover_jax.data.image_index --path=$RAW/imagenet21k              # <path>/<class>/...
-  python -m cover_jax.data.image_index --path=$RAW/imagenet --split=train   # <path>/train/<class>/...
+  python -m cover_jax.prepare.image_index --path=$RAW/imagenet21k              # <path>/<class>/...
+  python -m cover_jax.prepare.image_index --path=$RAW/imagenet --split=train   # <path>/train/<class>/...
 
 It writes `<root>/image_index.txt`: one `<class folder>/<file>` per line, in
 the order a listing gives (folders sorted, files sorted within each), so a

@@ -7,7 +7,7 @@ shuffling; the pipeline decodes only the frames of the clip it picks
 (pipeline.py), which is most of the input cost. Images are F=1 videos.
 
 Sources (`config.datasets.<name>.source`):
-  synthetic_*    the embedded TFDS builders (builders.py), built on first use
+  synthetic_*    the embedded TFDS builders (embedded_builders.py), built on first use
   tfds           any prepared TFDS dataset (`tfds_name`) in config.data_dir,
                  e.g. 'cover_kinetics/k400' (video_builders.py) or 'imagenet2012'
                  (manual download); never downloads at run time
@@ -31,10 +31,10 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cover_jax.data import builders, class_list, dmvr_format, image_index
+from cover_jax.prepare import class_list, dmvr_format, embedded_builders, image_index
 
 RECORD_SOURCES = ("dmvr", "image_records")
-SOURCES = tuple(builders.SOURCES) + ("tfds", "dmvr", "image_folder", "image_records")
+SOURCES = tuple(embedded_builders.SOURCES) + ("tfds", "dmvr", "image_folder", "image_records")
 _LABEL_CHECK_RECORDS = 256  # records per split whose label text is checked at start-up
 
 
@@ -197,7 +197,7 @@ class ImageFolder(Source):
   def listing(self, split: str) -> tuple[list[str], list[int]]:
     """Image paths and labels, in a fixed order; folders not in the class list get -1.
 
-    From `<root>/image_index.txt` where one was written (data/image_index.py),
+    From `<root>/image_index.txt` where one was written (prepare/image_index.py),
     else by listing the folders; both give the same order.
     """
     if split not in self._listed:
@@ -205,7 +205,7 @@ class ImageFolder(Source):
       images = image_index.read_index(root)
       if images is None:
         logging.info("dataset %s: listing %s (write an index once to skip this: "
-                     "python -m cover_jax.data.image_index --path=...)", self.name, root)
+                     "python -m cover_jax.prepare.image_index --path=...)", self.name, root)
         images = image_index.list_images(root)
       paths = [os.path.join(root, image) for image in images]
       labels = [index.get(image.split("/", 1)[0], -1) for image in images]
@@ -263,7 +263,7 @@ class TfdsDataset(Source):
 
 
 def _named_tfds(name: str, cfg, data_dir: str) -> TfdsDataset:
-  from cover_jax.data import video_builders  # pylint: disable=unused-import  # registers them
+  from cover_jax.prepare import video_builders  # pylint: disable=unused-import  # registers them
 
   if not cfg.tfds_name:
     raise _fail(name, "source 'tfds' needs a dataset name",
@@ -283,9 +283,9 @@ def _named_tfds(name: str, cfg, data_dir: str) -> TfdsDataset:
 
 def open_source(name: str, cfg, data_dir: str) -> Source:
   """The configured dataset's source, opened and checked (DatasetError if unusable)."""
-  if cfg.source in builders.SOURCES:
+  if cfg.source in embedded_builders.SOURCES:
     syn = cfg.synthetic
-    builder = builders.build(cfg.source, data_dir, num_train=syn.num_train,
+    builder = embedded_builders.build(cfg.source, data_dir, num_train=syn.num_train,
                              num_test=syn.num_test, size=syn.size, num_frames=syn.num_frames,
                              seed=syn.seed)
     source = TfdsDataset(name, cfg, builder)
@@ -318,9 +318,9 @@ def _check_not_empty(source: Source) -> None:
       raise _fail(source.name, f"split {split!r} has no examples ({where})",
                   f"config.datasets.{source.name}.path, .file_pattern and .{field}; prepared "
                   "records are named <split>-NNNNN-of-NNNNN.tfrecord (python -m "
-                  "cover_jax.data.prepare)")
+                  "cover_jax.prepare.cli)")
   # (The embedded sets' class counts are checked with the config: config_validation.py.)
-  if cfg.source not in builders.SOURCES and len(source.class_names) != cfg.num_classes:
+  if cfg.source not in embedded_builders.SOURCES and len(source.class_names) != cfg.num_classes:
     raise _fail(source.name, f"the class list has {len(source.class_names)} classes but "
                 f"num_classes = {cfg.num_classes}",
                 f"--config.datasets.{source.name}.num_classes={len(source.class_names)}, "

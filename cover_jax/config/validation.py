@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from cover_jax import sharding
+from cover_jax.parallel import sharding
 from cover_jax.models import block_stack, timesformer
 
 MIXTURES = ("sample", "all")
@@ -218,7 +218,7 @@ def _check_parameter_split(config, num_devices: int, rules) -> list[str]:
 
 
 def _check_datasets(config, num_devices: int, process_count: int) -> list[str]:
-  from cover_jax.data import builders  # imports TFDS; keep model-only users light.
+  from cover_jax.prepare import embedded_builders  # imports TFDS; keep model-only users light.
 
   if not config.datasets:
     return [_problem("datasets", {}, "no dataset to train on",
@@ -226,7 +226,7 @@ def _check_datasets(config, num_devices: int, process_count: int) -> list[str]:
   out = []
   weights = {name: ds.weight for name, ds in config.datasets.items()}
   for name, ds in config.datasets.items():
-    out += _check_dataset(f"datasets.{name}", ds, builders, config.model, num_devices, process_count)
+    out += _check_dataset(f"datasets.{name}", ds, embedded_builders, config.model, num_devices, process_count)
   for name, weight in weights.items():
     if weight < 0:
       out.append(_problem(f"datasets.{name}.weight", weight, "sampling weights must be >= 0",
@@ -237,17 +237,17 @@ def _check_datasets(config, num_devices: int, process_count: int) -> list[str]:
   return out
 
 
-def _check_dataset(field, ds, builders, model, num_devices, process_count) -> list[str]:
-  from cover_jax.data import sources
+def _check_dataset(field, ds, embedded_builders, model, num_devices, process_count) -> list[str]:
+  from cover_jax.input import sources
 
   if ds.source not in sources.SOURCES:
     return [_problem(f"{field}.source", ds.source,
                      f"unknown source; known: {list(sources.SOURCES)}",
                      f"--config.{field}.source=dmvr")]
-  out = _check_source_fields(field, ds, builders)
+  out = _check_source_fields(field, ds, embedded_builders)
   # Images are 1-frame videos; a 'tfds' dataset's kind is known once it is opened.
   is_video = {"dmvr": True, "image_folder": False, "image_records": False}.get(
-      ds.source, builders.IS_VIDEO.get(ds.source))
+      ds.source, embedded_builders.IS_VIDEO.get(ds.source))
   devices_per_batch = math.lcm(num_devices, process_count)
   for bs_field in ("batch_size", "eval_batch_size"):
     bs = ds[bs_field]
@@ -278,8 +278,8 @@ def _check_dataset(field, ds, builders, model, num_devices, process_count) -> li
 
 
 def _check_augment(field, aug, crop_size: int) -> list[str]:
-  """A dataset's `augment` fields (data/augment.py, mixup.py)."""
-  from cover_jax.data import augment  # pylint: disable=import-outside-toplevel
+  """A dataset's `augment` fields (input/augment.py, mixup.py)."""
+  from cover_jax.input import augment  # pylint: disable=import-outside-toplevel
 
   out = []
   if aug.kind not in augment.KINDS:
@@ -330,10 +330,10 @@ def _pair(value) -> tuple[float, float]:
     return math.nan, math.nan
 
 
-def _check_source_fields(field, ds, builders) -> list[str]:
+def _check_source_fields(field, ds, embedded_builders) -> list[str]:
   """Per-source fields: synthetic class counts, a path or a TFDS name, a class count."""
-  if ds.source in builders.SOURCES:
-    expected = builders.num_classes(ds.source)
+  if ds.source in embedded_builders.SOURCES:
+    expected = embedded_builders.num_classes(ds.source)
     if ds.num_classes != expected:
       return [_problem(f"{field}.num_classes", ds.num_classes,
                        f"source {ds.source} has {expected} classes",

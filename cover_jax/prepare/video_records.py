@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from cover_jax.data import dmvr_format, video_decode
-from cover_jax.data.annotations import VideoClip
+from cover_jax.prepare import dmvr_format, video_decode
+from cover_jax.prepare.annotations import VideoClip
 
 DEFAULT_FPS = 25.0
 DEFAULT_SHORT_SIDE = 256

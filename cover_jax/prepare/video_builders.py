@@ -6,7 +6,7 @@ readers (`annotations.py`), class lists (`class_list.py`) and decoding
 a frame is byte for byte the same JPEG either way.
 
     import tensorflow_datasets as tfds
-    import cover_jax.data.video_builders  # registers the builders below
+    import cover_jax.prepare.video_builders  # registers the builders below
 
     ds = tfds.load("cover_kinetics/k400", split="train", data_dir="/data/tfds",
                    builder_kwargs={"workers": 16},
@@ -49,9 +49,9 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cover_jax.data import annotations, builders, class_list, video_records
-from cover_jax.data import workers as workers_lib
-from cover_jax.data.annotations import VideoClip
+from cover_jax.prepare import annotations, class_list, embedded_builders, video_records
+from cover_jax.prepare import workers as workers_lib
+from cover_jax.prepare.annotations import VideoClip
 
 _VERSION = tfds.core.Version("1.0.0")
 _RELEASE_NOTES = {"1.0.0": "Initial release."}
@@ -141,7 +141,7 @@ class _RawVideoBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _info(self) -> tfds.core.DatasetInfo:
     # The class names come from manual_dir, so they are set in _split_generators.
-    return builders.LocalDatasetInfo(
+    return embedded_builders.LocalDatasetInfo(
         builder=self,
         description=self.DESCRIPTION,
         features=tfds.features.FeaturesDict({

@@ -16,9 +16,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from cover_jax import sharding
+from cover_jax.parallel import sharding
 from cover_jax.models import cover
-from cover_jax.train_step import TrainState
+from cover_jax.train.step import TrainState
 
 
 def _init_state(rng, model_config, num_classes, tx) -> tuple[nnx.GraphDef, TrainState]:

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from cover_jax import sharding
+from cover_jax.parallel import sharding
 
 
 def value_and_grad(loss_fn: Callable, num_micro_batches: int) -> Callable:

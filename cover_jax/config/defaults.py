@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from cover_jax import sharding
+from cover_jax.parallel import sharding
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -37,7 +37,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.input = ml_collections.ConfigDict(dict(
       mean=(0.45, 0.45, 0.45), std=(0.225, 0.225, 0.225),
       # Every global batch is this many shard batches, read by the processes
-      # that own them (data/shards.py): a fixed number makes the data
+      # that own them (input/shards.py): a fixed number makes the data
       # independent of the process count. 0: one shard per process.
       shards=0))
   config.datasets = ml_collections.ConfigDict()
@@ -72,7 +72,7 @@ def init_config(**overrides) -> ml_collections.ConfigDict:
 
 
 def nonfinite_config(**overrides) -> ml_collections.ConfigDict:
-  """What a NaN/Inf loss or gradient does (cover_jax/nonfinite.py)."""
+  """What a NaN/Inf loss or gradient does (cover_jax/train/nonfinite.py)."""
   fields = dict(
       # 'stop': end the run at the first non-finite step (exit status 3), the
       # last good checkpoint stays the latest; 'skip': drop that step's update
@@ -114,7 +114,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
 def augment_config(**overrides) -> ml_collections.ConfigDict:
   """A dataset's training augmentation (`config.datasets.<name>.augment`).
 
-  The crop, RandAugment and flip act on tf.data (data/augment.py); mixup and
+  The crop, RandAugment and flip act on tf.data (input/augment.py); mixup and
   cutmix act on device in the train step (mixup.py). The flip policy is the
   dataset's own `flip` field. The defaults are the plain random crop, nothing else.
   """
@@ -159,7 +159,7 @@ def optimizer_config(**overrides) -> ml_collections.ConfigDict:
 def dataset_config(**overrides) -> ml_collections.ConfigDict:
   """One entry of `config.datasets`: where its data is and how it is read and evaluated.
 
-  Sources (data/sources.py): an embedded synthetic set ('synthetic_appearance',
+  Sources (input/sources.py): an embedded synthetic set ('synthetic_appearance',
   'synthetic_motion', 'synthetic_images'); 'dmvr' (DMVR-format SequenceExample
   records: our prepare tool's or DMVR's own); 'tfds' (any prepared TFDS dataset
   by `tfds_name` in config.data_dir, e.g. 'cover_kinetics/k400', 'imagenet2012';
@@ -196,7 +196,7 @@ def dataset_config(**overrides) -> ml_collections.ConfigDict:
       label_smoothing=0.0,
       shuffle_buffer=2048,     # records (still JPEG-encoded) in the shuffle buffer
       cache=False,             # keep the (encoded) records in memory: small sets only
-      # Training augmentation and mixup/cutmix (data/augment.py, mixup.py); the
+      # Training augmentation and mixup/cutmix (input/augment.py, mixup.py); the
       # default is the plain random crop (+ flip where `flip` allows it).
       augment=augment_config(),
   )
