@@ -22,7 +22,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import jax  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
 
 from benchmarks import memory  # noqa: E402

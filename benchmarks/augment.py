@@ -19,7 +19,7 @@ from absl import app, flags
 import numpy as np
 import tensorflow as tf
 
-from cover_jax.config import defaults
+from cover_jax.config import allowed, defaults
 from cover_jax.input import augment
 
 _FRAMES = flags.DEFINE_integer("frames", 8, "Frames per clip.")
@@ -50,7 +50,7 @@ def _cpu_ms_per_clip(fn, clip, num_clips: int) -> float:
 def _rows():
   crop = _CROP.value
   yield "copy", lambda c, s: c
-  for kind in augment.KINDS:
+  for kind in allowed.AUGMENT_KINDS:
     for layers in (0, 2):
       cfg = defaults.augment_config(kind=kind, short_side_range=(256, 320),
                                            randaugment_layers=layers, randaugment_magnitude=9)

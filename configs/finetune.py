@@ -29,7 +29,7 @@ prepared frame rate, default 8), frames (8), variant
 fine-tuning), tiny (a seconds-long variant for tests).
 """
 
-from cover_jax.config import args as config_args, defaults
+from cover_jax.config import args as config_args
 from cover_jax.config import catalog
 
 

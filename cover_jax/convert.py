@@ -25,25 +25,147 @@ zero); its ImageNet head is kept only if no pre_logits layer precedes it.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 
-from absl import app, flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags, logging
+from flax import nnx
 
-_INPUT = flags.DEFINE_string("input", None, "Checkpoint file or directory to convert.")
-_OUTPUT = flags.DEFINE_string("output", None, "Directory to write (must not hold a checkpoint).")
-_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "vit_npz", "big_vision_npz",
-                                               "timesformer_pyth", "hf"], "Input format.")
-_NUM_HEADS = flags.DEFINE_integer("num_heads", None, "Attention heads (default: from the "
-                                  "checkpoint, else the standard variant of its width).")
-_DATASET = flags.DEFINE_string("dataset", None, "Name for the checkpoint's classification head "
-                               "(default: the .pyth cfg's TRAIN.DATASET, else 'head').")
-_NUM_FRAMES = flags.DEFINE_integer("num_frames", None, "Frames per clip of the converted model "
-                                   "(default: the checkpoint's; 8 for an image model).")
-_IMAGE_SIZE = flags.DEFINE_integer("image_size", None, "Input size of the converted model "
-                                   "(default: the checkpoint's).")
-_STRIDE = flags.DEFINE_integer("stride", None, "Temporal stride for predict (default: the "
-                               "checkpoint's cfg, else 32 frames at 30 fps as TimeSformer K400).")
-_FPS = flags.DEFINE_float("fps", None, "Frame rate videos are decoded at for predict (default 30).")
+from cover_jax.checkpoint import manager
+from cover_jax.config import defaults
+from cover_jax.models import cover, timesformer
+from cover_jax.pretrained import files, fit, loader
+from cover_jax.pretrained.weights import PretrainedWeights, checkpoint_dims
+
+# TimeSformer's Kinetics sampling (8 frames, 32 apart at 30 fps) where a checkpoint says nothing.
+DEFAULT_STRIDE, DEFAULT_FPS = 32, 30.0
+
+
+def model_config_for(weights: PretrainedWeights, *, num_frames=None, image_size=None):
+  """A `config.model` whose dimensions fit `weights` (see the module docstring)."""
+  dims = checkpoint_dims(weights.params)
+  if dims is None:
+    raise ValueError(f"{weights.path}: no patch embedding found; not a model checkpoint")
+  variant, overrides = _variant_for(dims, timesformer.VARIANT_DIMS)
+  info = weights.info
+  grid = int(round((weights.params["backbone/pos_embed"].shape[0] - 1) ** 0.5))
+  time = weights.params.get("backbone/time_embed")
+  return defaults.model_config(
+      variant=variant, **overrides,
+      image_size=image_size or info.image_size or grid * dims.patch_size,
+      num_frames=num_frames or info.num_frames or (time.shape[0] if time is not None else 8),
+      attention_type=info.attention_type or "divided_space_time")
+
+
+def _variant_for(dims, table) -> tuple[str, dict]:
+  """('B/16', {}) for a standard size, else a same-width (or B) variant with explicit dims."""
+  for name, (width, depth, heads, mlp) in table.items():
+    if (width, depth, heads, mlp) == (dims.width, dims.depth, dims.num_heads, dims.mlp_dim):
+      return f"{name}/{dims.patch_size}", {}
+  same_width = [n for n, v in table.items() if v[0] == dims.width]
+  return f"{(same_width or ['B'])[0]}/{dims.patch_size}", dict(
+      width=dims.width, depth=dims.depth, num_heads=dims.num_heads, mlp_dim=dims.mlp_dim)
+
+
+def build_config(weights, model_config, head_name: str | None, *, stride=None, fps=None):
+  """The full config of a converted checkpoint: model, input normalisation, one entry per head."""
+  config = defaults.base_config()
+  config.model = model_config
+  config.input.mean, config.input.std = tuple(weights.info.mean), tuple(weights.info.std)
+  # An image model's head classifies images: 1-frame clips.
+  frames = 1 if weights.is_image_model else model_config.num_frames
+  for head in weights.head_names():
+    config.datasets[head_name if head == "head" and head_name else head] = ml_collections.ConfigDict(dict(
+        source="", num_classes=weights.num_classes(head), num_frames=frames,
+        stride=1 if frames == 1 else stride or weights.info.stride or DEFAULT_STRIDE,
+        fps=fps or DEFAULT_FPS, crop_size=model_config.image_size,
+        eval_short_side=model_config.image_size))
+  return config
+
+
+def convert(input_path: str, output: str, *, fmt: str = "auto", num_heads=None, dataset=None,
+            num_frames=None, image_size=None, stride=None, fps=None) -> dict:
+  """Writes `output` (see the module docstring); returns the config as a dict.
+
+  Args:
+    input_path: checkpoint file or directory; fmt: 'auto' or a `files.FORMATS` name.
+    num_heads: overrides what the checkpoint says about its attention heads.
+    dataset: name for a single-head checkpoint's head (default: its cfg's
+      TRAIN.DATASET, else 'head').
+    num_frames, image_size: of the converted model (embeddings resized).
+    stride, fps: how predict samples videos for this head.
+  """
+  _check_output(output)
+  weights = loader.read_pretrained(input_path, fmt, num_heads=num_heads)
+  if weights.format == "orbax":
+    raise ValueError(f"{input_path} is already an Orbax checkpoint of ours; use it as it is.")
+  head_name = dataset or _dataset_name(weights.info.dataset)
+  model_config = model_config_for(weights, num_frames=num_frames, image_size=image_size)
+  config = build_config(weights, model_config, head_name, stride=stride, fps=fps)
+  num_classes = {name: ds.num_classes for name, ds in config.datasets.items()}
+  head_map = {head_name: "head"} if "head" in weights.head_names() else {}
+  arrays, report = fit.fit(weights, loader.model_param_shapes(model_config, num_classes),
+                           heads="all", head_map=head_map, model_dims=cover.model_dims(model_config))
+  class_names = {(head_name if h == "head" else h): names
+                 for h, names in weights.info.class_names.items() if h in weights.head_names()}
+  meta = {"step": 0, "config": config.to_json(), "class_names": class_names,
+          "converted_from": {"path": os.path.abspath(input_path), "format": weights.format,
+                             "num_heads_from": weights.info.heads_from, "report": report.summary()}}
+  _write(output, _params_tree(arrays, model_config, num_classes), config, meta)
+  logging.info("converted %s (%s): %s", input_path, weights.format, report.summary())
+  return json.loads(config.to_json())
+
+
+def _params_tree(arrays: dict, model_config, num_classes: dict):
+  """The model's nnx.State of parameters, every leaf from `arrays`."""
+  model = nnx.eval_shape(lambda: cover.build_model(model_config, num_classes, nnx.Rngs(0)))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.asarray(arrays[loader.flat_key(path)], leaf.dtype),
+      nnx.state(model, nnx.Param))
+
+
+def _write(output: str, params, config, meta: dict) -> None:
+  ckpt = manager.Checkpointer(os.path.join(output, "checkpoints"), max_to_keep=1,
+                                 asynchronous=False)
+  ckpt.save(0, {"step": jnp.zeros((), jnp.int32), "params": params}, meta)
+  ckpt.close()
+  with open(os.path.join(output, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2) + "\n")
+
+
+def _dataset_name(name: str | None) -> str:
+  return (name or "head").strip().lower().replace(" ", "_").replace("-", "_") or "head"
+
+
+def _check_output(output: str) -> None:
+  if os.path.isdir(os.path.join(output, "checkpoints")) and os.listdir(os.path.join(output, "checkpoints")):
+    raise ValueError(f"{output} already holds a checkpoint; choose a new --output directory")
+  os.makedirs(output, exist_ok=True)
+
+
+def define_flags() -> None:
+  """The command's flags (defined only when it runs, so the module imports anywhere)."""
+  flags.DEFINE_string("input", None, "Checkpoint file or directory to convert.")
+  flags.DEFINE_string("output", None, "Directory to write (must not hold a checkpoint).")
+  flags.DEFINE_enum("format", "auto", ["auto", "vit_npz", "big_vision_npz",
+      "timesformer_pyth", "hf"], "Input format.")
+  flags.DEFINE_integer("num_heads", None, "Attention heads (default: from the "
+      "checkpoint, else the standard variant of its width).")
+  flags.DEFINE_string("dataset", None, "Name for the checkpoint's classification head "
+      "(default: the .pyth cfg's TRAIN.DATASET, else 'head').")
+  flags.DEFINE_integer("num_frames", None, "Frames per clip of the converted model "
+      "(default: the checkpoint's; 8 for an image model).")
+  flags.DEFINE_integer("image_size", None, "Input size of the converted model "
+      "(default: the checkpoint's).")
+  flags.DEFINE_integer("stride", None, "Temporal stride for predict (default: the "
+      "checkpoint's cfg, else 32 frames at 30 fps as TimeSformer K400).")
+  flags.DEFINE_float("fps", None, "Frame rate videos are decoded at for predict (default 30).")
+  flags.mark_flags_as_required(["input", "output"])
+
 
 def _flags_for(config: dict, output: str) -> str:
   model = config["model"]
@@ -54,24 +176,23 @@ def _flags_for(config: dict, output: str) -> str:
 
 def main(argv):
   del argv
-  from cover_jax.pretrained import conversion, files, fit  # pylint: disable=import-outside-toplevel
-
+  args = flags.FLAGS
   try:
-    config = conversion.convert(_INPUT.value, _OUTPUT.value, fmt=_FORMAT.value, num_heads=_NUM_HEADS.value,
-                     dataset=_DATASET.value, num_frames=_NUM_FRAMES.value,
-                     image_size=_IMAGE_SIZE.value, stride=_STRIDE.value, fps=_FPS.value)
+    config = convert(args.input, args.output, fmt=args.format, num_heads=args.num_heads,
+                     dataset=args.dataset, num_frames=args.num_frames,
+                     image_size=args.image_size, stride=args.stride, fps=args.fps)
   except (files.CheckpointFileError, fit.PretrainedMismatchError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   model = config["model"]
   heads = ", ".join(f"{n} ({d['num_classes']} classes)" for n, d in sorted(config["datasets"].items()))
-  print(f"wrote {_OUTPUT.value}: variant {model['variant']}, {model['num_frames']} frames of "
+  print(f"wrote {args.output}: variant {model['variant']}, {model['num_frames']} frames of "
         f"{model['image_size']} px, {model['attention_type']}; heads: {heads or 'none'}\n"
-        f"fine-tune from it with: {_flags_for(config, _OUTPUT.value)}\n"
-        f"classify a video with: python -m cover_jax.predict --checkpoint={_OUTPUT.value} --input=VIDEO",
+        f"fine-tune from it with: {_flags_for(config, args.output)}\n"
+        f"classify a video with: python -m cover_jax.predict --checkpoint={args.output} --input=VIDEO",
         flush=True)
 
 
 if __name__ == "__main__":
-  flags.mark_flags_as_required(["input", "output"])
+  define_flags()
   app.run(main)

@@ -70,7 +70,6 @@ def main(argv):
   from cover_jax.checkpoint import resume_checks, workdir
   from cover_jax.prepare import class_list
   from cover_jax.input import pipeline
-  from cover_jax.models import block_stack
   from cover_jax.pretrained.weights import PretrainedError
 
   try:  # before anything touches a device
@@ -93,7 +92,7 @@ def main(argv):
   # Statuses: 1 nothing to evaluate, 2 the config does not fit, 3 non-finite loss,
   # 4 preempted (checkpoint saved), 5 unusable workdir, 6 unreadable dataset.
   failures = (
-      (block_stack.LayoutMismatchError, 2, "error: "),  # scanned vs unscanned workdir
+      (resume_checks.LayoutMismatchError, 2, "error: "),  # scanned vs unscanned workdir
       (resume_checks.ResumeConfigError, 2, "error: "),
       (PretrainedError, 2, "error: config.init_from: "),
       (loop.NoCheckpointError, 1, "error: "),

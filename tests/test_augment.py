@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from cover_jax.config import defaults, validation
+from cover_jax.config import allowed, defaults, validation
 from cover_jax.input import augment
 from tests.helpers import load_config
 
@@ -81,7 +81,7 @@ def test_statistic_ops_use_the_whole_clip():
   assert out.min() == 0 and out.max() == 255
 
 
-@pytest.mark.parametrize("kind", augment.KINDS)
+@pytest.mark.parametrize("kind", allowed.AUGMENT_KINDS)
 def test_train_augment_shapes_dtype_and_tf_data(kind):
   cfg, clip = _aug_cfg(kind, randaugment_layers=2), _clip()
   eager = _train(clip, cfg)
@@ -91,7 +91,7 @@ def test_train_augment_shapes_dtype_and_tf_data(kind):
   np.testing.assert_array_equal(graph, eager)
 
 
-@pytest.mark.parametrize("kind", augment.KINDS)
+@pytest.mark.parametrize("kind", allowed.AUGMENT_KINDS)
 def test_train_augment_is_deterministic_per_seed(kind):
   cfg, clip = _aug_cfg(kind, randaugment_layers=1), _clip()
   np.testing.assert_array_equal(_train(clip, cfg, seed=3), _train(clip, cfg, seed=3))
@@ -99,7 +99,7 @@ def test_train_augment_is_deterministic_per_seed(kind):
   assert len(outputs) >= 5
 
 
-@pytest.mark.parametrize("kind", augment.KINDS)
+@pytest.mark.parametrize("kind", allowed.AUGMENT_KINDS)
 def test_crop_is_the_same_window_for_every_frame(kind):
   # Without RandAugment, frame t of the clip's result is the result for frame t alone.
   cfg, clip = _aug_cfg(kind), _clip(frames=3)
@@ -109,7 +109,7 @@ def test_crop_is_the_same_window_for_every_frame(kind):
       np.testing.assert_array_equal(out[t], _train(clip[t:t + 1], cfg, seed)[0])
 
 
-@pytest.mark.parametrize("kind", augment.KINDS)
+@pytest.mark.parametrize("kind", allowed.AUGMENT_KINDS)
 def test_frames_that_differ_by_a_constant_still_do(kind):
   base = _clip(frames=1, low=20, high=200)
   clip = tf.concat([base, base + 30], 0)

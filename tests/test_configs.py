@@ -1,6 +1,5 @@
 """Every config parses, and bad configs fail early with errors that teach."""
 
-import pathlib
 
 import pytest
 

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from cover_jax import inference
-from cover_jax.pretrained import conversion, files
+from cover_jax import convert
+from cover_jax.pretrained import files
 from tests import vit_reference
 from tests.helpers import REPO
 from tests.pretrained_helpers import FIXTURES, PARITY_ATOL
@@ -130,11 +131,11 @@ def test_predict_errors_are_explained(converted, tmp_path):
 def test_convert_refuses_to_overwrite_and_keeps_vit_heads_only_without_pre_logits(converted, tmp_path):
   out, _ = converted
   with pytest.raises(ValueError, match="already holds a checkpoint"):
-    conversion.convert(str(FIXTURES / "hf"), str(out))
-  config = conversion.convert(str(FIXTURES / "vit.npz"), str(tmp_path / "vit"))
+    convert.convert(str(FIXTURES / "hf"), str(out))
+  config = convert.convert(str(FIXTURES / "vit.npz"), str(tmp_path / "vit"))
   assert config["datasets"] == {} and config["model"]["num_frames"] == 8
   assert config["model"]["image_size"] == 24 and config["model"]["attention_type"] == "divided_space_time"
-  config = conversion.convert(str(FIXTURES / "big_vision.npz"), str(tmp_path / "bv"), dataset="in21k")
+  config = convert.convert(str(FIXTURES / "big_vision.npz"), str(tmp_path / "bv"), dataset="in21k")
   assert config["datasets"]["in21k"]["num_classes"] == 7
   assert config["datasets"]["in21k"]["num_frames"] == 1  # an image head
   # Classifying an image with the converted ViT gives the ViT's own logits.

@@ -14,6 +14,7 @@ import pytest
 from flax import nnx
 
 from cover_jax.train import grad_accum
+from cover_jax.checkpoint import resume_checks
 from cover_jax.models import block_stack, cover
 from tests.helpers import load_config
 
@@ -137,7 +138,7 @@ def test_resuming_with_the_other_block_layout_is_refused(tmp_path):
   meta.mkdir(parents=True)
   (meta / "metadata").write_text(json.dumps(
       {"step": 4, "config": json.dumps({"model": {"scan_layers": True}})}))
-  block_stack.check_checkpoint_layout(str(tmp_path), True)
-  with pytest.raises(block_stack.LayoutMismatchError,
+  resume_checks.check_checkpoint_layout(str(tmp_path), True)
+  with pytest.raises(resume_checks.LayoutMismatchError,
                      match="saved with model.scan_layers=True, but this run has False"):
-    block_stack.check_checkpoint_layout(str(tmp_path), False)
+    resume_checks.check_checkpoint_layout(str(tmp_path), False)

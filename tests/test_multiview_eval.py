@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cover_jax.evaluation import evaluate
+from cover_jax.evaluation import step as eval_step, table as results_table
 from cover_jax.train import optim, state as train_state
 from cover_jax.parallel import sharding
 from cover_jax.train.step import HeadSettings
@@ -45,7 +45,7 @@ def test_video_level_is_the_mean_of_the_views_logits():
   mask = np.array([1, 1, 0], np.int32)
   batch = {"video": jnp.asarray(video), "label": jnp.asarray(labels), "mask": jnp.asarray(mask),
            "dataset_index": jnp.asarray(NAMES.index("motion"), jnp.int32)}
-  counts = jax.jit(lambda p, x: evaluate.multiview_eval_step(
+  counts = jax.jit(lambda p, x: eval_step.multiview_eval_step(
       p, x, graphdef=graphdef, heads=HeadSettings(NAMES, (0.0,) * 3), **mean_std))(params, batch)
 
   clip_hits = (logits.argmax(-1) == labels[:, None])[:2].sum()
@@ -65,10 +65,10 @@ def test_video_level_is_the_mean_of_the_views_logits():
 def test_table_names_both_accuracies():
   results = {"k400": {"clip_top1": 0.5, "clip_top5": 0.9, "video_top1": 0.75, "video_top5": 1.0,
                       "video_loss": 1.0, "num_videos": 4, "num_clips": 48, "skipped_records": 1}}
-  table = evaluate.format_table(results, {"k400": 400}, {}, {"k400": "4x3"})
+  table = results_table.format_table(results, {"k400": 400}, {}, {"k400": "4x3"})
   row = next(line for line in table.splitlines() if line.startswith("k400"))
   assert row.split() == ["k400", "400", "0.2%", "-", "4x3", "50.0%", "75.0%", "100.0%", "4", "1"]
   assert "video top1" in table and "clip top1" in table and "averaged per video" in table
-  assert set(evaluate.scalars(results)) == {
+  assert set(results_table.scalars(results)) == {
       "eval/k400/clip_top1", "eval/k400/clip_top5", "eval/k400/video_top1",
       "eval/k400/video_top5", "eval/k400/video_loss", "eval/k400/skipped_records"}

@@ -128,7 +128,7 @@ def test_eval_covers_every_test_video_once(specs, tiny_config):
   # Two processes: equal batch counts, together every example once.
   counts = []
   for index in range(2):
-    ds, n = pipeline.eval_dataset(spec, process_index=index, process_count=2)
+    ds, n = pipeline.eval_dataset(spec, shard_index=index, num_shards=2)
     b = list(ds.as_numpy_iterator())
     counts.append((n, len(b), sum(int(x["mask"].sum()) for x in b)))
   assert counts[0][0] == counts[1][0] == counts[0][1] == counts[1][1]

@@ -1,8 +1,15 @@
-"""Orbax checkpoints of the train state, with fall-back to older steps.
+"""Orbax checkpoints of the train state: the on-disk layout, saving, and fall-back to older steps.
 
-Each checkpoint holds two items: `state` (step, parameters, optimizer state:
-arrays, restored bit-exactly onto the current mesh's shardings) and `meta`
-(JSON: the config and the run's bookkeeping). A damaged latest checkpoint
+The layout (the one place it is written down; every reader goes through here):
+
+  <workdir>/checkpoints/<step>/state/   Orbax pytree: {step, params, opt_state}
+                                        (a `convert` output: {step, params})
+  <workdir>/checkpoints/<step>/meta/    Orbax JSON: the config (as JSON text), the
+                                        class names per head, input positions, ...
+
+Each checkpoint holds these two items: `state` (arrays, restored bit-exactly
+onto the current mesh's shardings) and `meta` (the config and the run's
+bookkeeping). A damaged latest checkpoint
 still shows up in `all_steps()` and only fails when restored, so restoring
 tries steps newest-first, each with a *fresh* CheckpointManager (a manager that
 failed once can fail on a good step too, see PITFALLS). Nothing is deleted:
@@ -12,11 +19,84 @@ Orbax ignores), so that it can save that step again when it gets there.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+STATE, META = "state", "meta"  # the two items of a step
+CHECKPOINTS = "checkpoints"    # the sub-directory of a workdir
+
+
+class NoCheckpointError(FileNotFoundError):
+  """A path holds no checkpoint step (that restores); the message says which path."""
+
+
+def step_dirs(path: str) -> list[str]:
+  """A workdir's, its checkpoints/ directory's, or one step's step directories, newest first."""
+  root = epath.Path(path)
+  if (root / STATE).is_dir():
+    return [str(path)]
+  if (root / CHECKPOINTS).is_dir():
+    root = root / CHECKPOINTS
+  if not root.is_dir():
+    raise NoCheckpointError(f"{path}: no such directory")
+  steps = sorted((int(p.name) for p in root.iterdir() if p.name.isdigit() and p.is_dir()),
+                 reverse=True)
+  if not steps:
+    raise NoCheckpointError(f"{root}: no checkpoint steps (numbered directories) found")
+  return [str(root / str(s)) for s in steps]
+
+
+def read_meta(step_dir: str) -> dict:
+  """The `meta` item of one step as a dict ({} where it has none)."""
+  meta_file = epath.Path(step_dir) / META / "metadata"
+  if not meta_file.is_file():
+    return {}
+  return json.loads(meta_file.read_text())
+
+
+def saved_config(meta: dict) -> dict | None:
+  """The config a step was saved with, as a dict (None where the meta has none)."""
+  config = meta.get("config")
+  return json.loads(config) if isinstance(config, str) else config
+
+
+def read_state(step_dir: str) -> dict:
+  """The whole saved `state` of one step as nested dicts of NumPy arrays (host only)."""
+  restored = ocp.StandardCheckpointer().restore(epath.Path(step_dir) / STATE)
+  return jax.tree.map(np.asarray, restored)
+
+
+def restore_params(step_dir: str) -> dict:
+  """The `params` of one step as nested dicts of NumPy arrays (partial restore, host only).
+
+  Raises:
+    ValueError: the step's state holds no parameters (not a checkpoint of ours).
+  """
+  checkpointer = ocp.PyTreeCheckpointer()
+  state_dir = epath.Path(step_dir) / STATE
+  tree = checkpointer.metadata(state_dir).item_metadata
+  tree = getattr(tree, "tree", tree)
+  if not isinstance(tree, dict) or "params" not in tree:
+    raise ValueError(f"{state_dir}: holds no 'params' (not a checkpoint of ours)")
+  item = {"params": _map_leaves(tree["params"], lambda m: np.empty(m.shape, m.dtype))}
+  restore_args = _map_leaves(item, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
+  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True))
+  return restored["params"]
+
+
+def _map_leaves(tree, fn):
+  """`fn` on the leaves of nested dicts (Orbax metadata trees are dicts of leaf metadata)."""
+  if isinstance(tree, dict):
+    return {k: _map_leaves(v, fn) for k, v in tree.items()}
+  return fn(tree)
 
 
 class Checkpointer:
@@ -32,8 +112,8 @@ class Checkpointer:
     # Handlers named up front, so a step's metadata can be read before restoring it.
     return ocp.CheckpointManager(
         self.directory, options=self._options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "meta": ocp.JsonCheckpointHandler()})
+        item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                       META: ocp.JsonCheckpointHandler()})
 
   def save(self, step: int, state, meta: dict) -> None:
     self._manager.save(step, args=ocp.args.Composite(

@@ -25,13 +25,10 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import app, flags
 
 from cover_jax.checkpoint import manager
 from cover_jax.models import block_stack
-from cover_jax.pretrained import orbax_init
-from cover_jax.pretrained.weights import PretrainedError
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "The run (or its checkpoints/ or one step) to read.")
 _OUTPUT = flags.DEFINE_string("output", None, "New workdir to write (must hold no checkpoint).")
@@ -43,16 +40,6 @@ class RelayoutError(ValueError):
   """The input or output cannot be used; the message says why."""
 
 
-def read_state(step_dir: str) -> dict:
-  """The whole saved train state of one step as nested dicts of NumPy arrays."""
-  restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, "state"))
-  return _to_numpy(restored)
-
-
-def _to_numpy(tree):
-  return jax.tree.map(np.asarray, tree)
-
-
 def relayout(workdir: str, output: str, scan_layers: bool | None = None) -> tuple[int, bool]:
   """Writes the newest restorable checkpoint of `workdir` into `output` in the other layout.
 
@@ -62,21 +49,21 @@ def relayout(workdir: str, output: str, scan_layers: bool | None = None) -> tupl
   out_dir = os.path.join(output, "checkpoints")
   if os.path.isdir(out_dir) and any(n.isdigit() for n in os.listdir(out_dir)):
     raise RelayoutError(f"--output={output} already holds checkpoints: choose a new directory")
-  for step_dir in orbax_init.step_dirs(workdir):
+  for step_dir in manager.step_dirs(workdir):
     try:
-      state = read_state(step_dir)
+      state = manager.read_state(step_dir)
     except Exception as e:  # pylint: disable=broad-except  (damage surfaces as many types)
       logging.warning("%s does not restore (%s: %s); trying an older step", step_dir,
                       type(e).__name__, e)
       continue
-    meta = orbax_init.read_meta(step_dir)
-    config = json.loads(meta["config"]) if isinstance(meta.get("config"), str) else None
+    meta = manager.read_meta(step_dir)
+    config = manager.saved_config(meta)
     if config is None:
       raise RelayoutError(f"{step_dir}: its meta holds no config (not a training checkpoint)")
     saved = bool(config["model"].get("scan_layers", False))
     target = (not saved) if scan_layers is None else scan_layers
     convert = block_stack.stack_blocks if target else block_stack.unstack_blocks
-    state = _to_numpy(convert(state)) if target != saved else state
+    state = jax.tree.map(np.asarray, convert(state)) if target != saved else state
     config["model"]["scan_layers"] = target
     meta = {**meta, "config": json.dumps(config)}
     step = int(os.path.basename(os.path.normpath(step_dir)))
@@ -93,7 +80,7 @@ def main(argv):
   scan = {"auto": None, "true": True, "false": False}[_SCAN.value]
   try:
     step, target = relayout(_WORKDIR.value, _OUTPUT.value, scan)
-  except (RelayoutError, PretrainedError, FileNotFoundError) as e:
+  except (RelayoutError, manager.NoCheckpointError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"wrote step {step} with model.scan_layers={target} to {_OUTPUT.value}; continue with\n"

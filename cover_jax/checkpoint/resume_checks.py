@@ -27,6 +27,8 @@ from collections.abc import Mapping
 
 import jax
 
+from cover_jax.checkpoint import manager
+
 # Fields whose value fixes a shape or the structure of the saved state.
 STATE_FIELDS = ("model.variant", "model.width", "model.depth", "model.num_heads",
                 "model.mlp_dim", "model.image_size", "model.num_frames",
@@ -166,3 +168,30 @@ def _tree_differences(saved_tree, abstract_state) -> list[str]:
 def _some(items: list[str]) -> str:
   more = f", ... ({len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
   return ", ".join(items[:_MAX_LISTED]) + more
+
+
+class LayoutMismatchError(ValueError):
+  """Checkpoints in the workdir have the other block layout (scanned or not)."""
+
+
+def check_checkpoint_layout(directory: str, scan_layers: bool) -> None:
+  """Refuses to resume from checkpoints saved with the other `model.scan_layers`.
+
+  Such checkpoints would fail to restore and look damaged; this says why
+  instead, before anything is restored or set aside.
+  """
+  try:
+    steps = manager.step_dirs(directory)
+  except manager.NoCheckpointError:
+    return
+  for step_dir in steps:
+    try:
+      saved = manager.saved_config(manager.read_meta(step_dir))["model"].get("scan_layers", False)
+    except (OSError, ValueError, KeyError, TypeError):
+      continue  # unreadable metadata: the restore's own fallback deals with it
+    if bool(saved) != bool(scan_layers):
+      raise LayoutMismatchError(
+          f"{step_dir} was saved with "
+          f"model.scan_layers={bool(saved)}, but this run has {bool(scan_layers)}. Resume with "
+          f"--config.model.scan_layers={bool(saved)}, or convert the checkpoint into a new "
+          "workdir first: python -m cover_jax.checkpoint.relayout --workdir=<this run> --output=<new dir>.")

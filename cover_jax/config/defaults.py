@@ -104,7 +104,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       # Stack the blocks' parameters and lax.scan over them: compile time
       # independent of depth; checkpoints differ in layout (convert_checkpoint.py).
       scan_layers=False,
-      # 'auto' | 'xla' | 'cudnn' (models/timesformer.py ATTENTION_IMPLS): auto
+      # 'auto' | 'xla' | 'cudnn' (config/allowed.py ATTENTION_IMPLS): auto
       # uses cuDNN flash attention on GPU in bfloat16/float16, einsums elsewhere.
       attention_impl="auto")
   fields.update(overrides)

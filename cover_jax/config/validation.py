@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import math
 
+from cover_jax.config import allowed
 from cover_jax.parallel import sharding
-from cover_jax.models import block_stack, timesformer
+from cover_jax.models import timesformer
 
-MIXTURES = ("sample", "all")
-OPTIMIZERS = ("adamw", "sgd")
 
 
 class ConfigError(ValueError):
@@ -41,9 +40,9 @@ def _problem(field: str, value, why: str, fix: str) -> str:
 
 def _check_attention_impl(model, head_dim: int) -> list[str]:
   impl = model.get("attention_impl", "auto")
-  if impl not in timesformer.ATTENTION_IMPLS:
+  if impl not in allowed.ATTENTION_IMPLS:
     return [_problem("model.attention_impl", impl,
-                     f"allowed: {', '.join(timesformer.ATTENTION_IMPLS)}",
+                     f"allowed: {', '.join(allowed.ATTENTION_IMPLS)}",
                      "--config.model.attention_impl=auto")]
   if impl != "cudnn" or not head_dim:
     return []
@@ -69,9 +68,9 @@ def _check_model(model) -> list[str]:
   if heads > 0 and width % heads:
     out.append(_problem("model.num_heads", heads, f"must divide the width {width}",
                         f"--config.model.num_heads={_nearest_divisor(width, heads)}"))
-  if model.attention_type not in timesformer.ATTENTION_TYPES:
+  if model.attention_type not in allowed.ATTENTION_TYPES:
     out.append(_problem("model.attention_type", model.attention_type,
-                        f"allowed: {', '.join(timesformer.ATTENTION_TYPES)}",
+                        f"allowed: {', '.join(allowed.ATTENTION_TYPES)}",
                         "--config.model.attention_type=divided_space_time"))
   out += _check_attention_impl(model, width // heads if heads > 0 else 0)
   if model.image_size <= 0 or model.image_size % dims.patch_size:
@@ -90,16 +89,16 @@ def _check_model(model) -> list[str]:
     if model.get(field, 0.0) < 0:
       out.append(_problem(f"model.{field}", model[field], "must be >= 0 (0: zeros)",
                           f"--config.model.{field}=0.02"))
-  if model.dtype not in ("float32", "bfloat16", "float16"):
-    out.append(_problem("model.dtype", model.dtype, "allowed: float32, bfloat16, float16",
+  if model.dtype not in allowed.DTYPES:
+    out.append(_problem("model.dtype", model.dtype, f"allowed: {', '.join(allowed.DTYPES)}",
                         "--config.model.dtype=float32"))
   return out
 
 
 def _check_training(config) -> list[str]:
   out = []
-  if config.mixture not in MIXTURES:
-    out.append(_problem("mixture", config.mixture, f"allowed: {', '.join(MIXTURES)}",
+  if config.mixture not in allowed.MIXTURES:
+    out.append(_problem("mixture", config.mixture, f"allowed: {', '.join(allowed.MIXTURES)}",
                         "--config.mixture=sample"))
   if config.total_steps <= 0:
     out.append(_problem("total_steps", config.total_steps, "must be > 0", "--config.total_steps=1000"))
@@ -110,8 +109,8 @@ def _check_training(config) -> list[str]:
     out.append(_problem("keep_checkpoints", config.keep_checkpoints, "must be >= 1",
                         "--config.keep_checkpoints=2"))
   opt = config.optimizer
-  if opt.name not in OPTIMIZERS:
-    out.append(_problem("optimizer.name", opt.name, f"allowed: {', '.join(OPTIMIZERS)}",
+  if opt.name not in allowed.OPTIMIZERS:
+    out.append(_problem("optimizer.name", opt.name, f"allowed: {', '.join(allowed.OPTIMIZERS)}",
                         "--config.optimizer.name=adamw"))
   if opt.learning_rate <= 0:
     out.append(_problem("optimizer.learning_rate", opt.learning_rate, "must be > 0",
@@ -150,9 +149,9 @@ def _check_scale(config, num_devices: int, model_ok: bool) -> list[str]:
                           f"--config.axis_rules.{name}=" + (
                               sharding.rules_to_config().get(name) or "''")))
   model = config.model
-  if model.remat not in block_stack.REMAT_POLICIES:
+  if model.remat not in allowed.REMAT:
     out.append(_problem("model.remat", model.remat,
-                        f"allowed: {', '.join(block_stack.REMAT_POLICIES)}",
+                        f"allowed: {', '.join(allowed.REMAT)}",
                         "--config.model.remat=full"))
   if model.scan_layers and model.stochastic_depth > 0:
     out.append(_problem("model.scan_layers", True,
@@ -279,11 +278,10 @@ def _check_dataset(field, ds, embedded_builders, model, num_devices, process_cou
 
 def _check_augment(field, aug, crop_size: int) -> list[str]:
   """A dataset's `augment` fields (input/augment.py, mixup.py)."""
-  from cover_jax.input import augment  # pylint: disable=import-outside-toplevel
 
   out = []
-  if aug.kind not in augment.KINDS:
-    out.append(_problem(f"{field}.kind", aug.kind, f"allowed: {', '.join(augment.KINDS)}",
+  if aug.kind not in allowed.AUGMENT_KINDS:
+    out.append(_problem(f"{field}.kind", aug.kind, f"allowed: {', '.join(allowed.AUGMENT_KINDS)}",
                         f"--config.{field}.kind=crop"))
   low, high = _pair(aug.short_side_range)
   if aug.kind == "scale_jitter" and not crop_size <= low <= high:
@@ -306,7 +304,7 @@ def _check_augment(field, aug, crop_size: int) -> list[str]:
     out.append(_problem(f"{field}.randaugment_layers", aug.randaugment_layers,
                         "must be >= 0 (0: RandAugment off)",
                         f"--config.{field}.randaugment_layers=2"))
-  if not 0 <= aug.randaugment_magnitude <= augment.MAX_MAGNITUDE:
+  if not 0 <= aug.randaugment_magnitude <= allowed.RANDAUGMENT_MAX_MAGNITUDE:
     out.append(_problem(f"{field}.randaugment_magnitude", aug.randaugment_magnitude,
                         "must be in [0, 10] (the RandAugment paper's scale)",
                         f"--config.{field}.randaugment_magnitude=9"))
@@ -353,20 +351,16 @@ def _check_source_fields(field, ds, embedded_builders) -> list[str]:
   return out
 
 
-EVAL_CROPS = (1, 3)
-SAMPLINGS = ("stride", "segment")
-
-
 def _check_eval_views(field, ds) -> list[str]:
   out = []
   if ds.eval_clips < 1:
     out.append(_problem(f"{field}.eval_clips", ds.eval_clips, "must be >= 1",
                         f"--config.{field}.eval_clips=1"))
-  if ds.eval_crops not in EVAL_CROPS:
+  if ds.eval_crops not in allowed.EVAL_CROPS:
     out.append(_problem(f"{field}.eval_crops", ds.eval_crops, "must be 1 (centre) or 3 (along "
                         "the long side)", f"--config.{field}.eval_crops=3"))
-  if ds.sampling not in SAMPLINGS:
-    out.append(_problem(f"{field}.sampling", ds.sampling, f"allowed: {', '.join(SAMPLINGS)}",
+  if ds.sampling not in allowed.SAMPLINGS:
+    out.append(_problem(f"{field}.sampling", ds.sampling, f"allowed: {', '.join(allowed.SAMPLINGS)}",
                         f"--config.{field}.sampling=stride"))
   elif ds.sampling == "segment" and ds.eval_clips != 1:
     out.append(_problem(f"{field}.eval_clips", ds.eval_clips, "segment sampling covers the whole "
@@ -399,14 +393,11 @@ def _check_frames(field, ds, is_video: bool) -> list[str]:
   return []
 
 
-NONFINITE_POLICIES = ("stop", "skip")
-
-
 def _check_nonfinite(config) -> list[str]:
   nf = config.nonfinite
   out = []
-  if nf.policy not in NONFINITE_POLICIES:
-    out.append(_problem("nonfinite.policy", nf.policy, f"allowed: {', '.join(NONFINITE_POLICIES)}",
+  if nf.policy not in allowed.NONFINITE_POLICIES:
+    out.append(_problem("nonfinite.policy", nf.policy, f"allowed: {', '.join(allowed.NONFINITE_POLICIES)}",
                         "--config.nonfinite.policy=stop"))
   if nf.max_consecutive_skips < 1:
     out.append(_problem("nonfinite.max_consecutive_skips", nf.max_consecutive_skips,
@@ -436,22 +427,22 @@ def _nearest_divisor(n: int, near: int) -> int:
 
 def _check_init(config) -> list[str]:
   """`init_from` and how to load it (cover_jax/pretrained/)."""
-  from cover_jax.pretrained import fit, files  # pylint: disable=import-outside-toplevel
+  from cover_jax.pretrained import fit  # pylint: disable=import-outside-toplevel
 
   if "init" not in config:
     return []
   out, init = [], config.init
   # The path's existence is checked when the run starts (and only if the
   # workdir has no checkpoint to resume from), as for datasets' paths.
-  if init.format not in ("auto",) + files.FORMATS:
-    out.append(_problem("init.format", init.format, f"allowed: auto, {', '.join(files.FORMATS)}",
+  if init.format not in ("auto",) + allowed.INIT_FORMATS:
+    out.append(_problem("init.format", init.format, f"allowed: auto, {', '.join(allowed.INIT_FORMATS)}",
                         "--config.init.format=auto"))
-  if init.heads not in fit.HEAD_MODES:
-    out.append(_problem("init.heads", init.heads, f"allowed: {', '.join(fit.HEAD_MODES)}",
+  if init.heads not in allowed.INIT_HEAD_MODES:
+    out.append(_problem("init.heads", init.heads, f"allowed: {', '.join(allowed.INIT_HEAD_MODES)}",
                         "--config.init.heads=matching"))
-  if init.posemb_resize not in ("auto", "nearest", "bilinear"):
+  if init.posemb_resize not in ("auto",) + allowed.POSEMB_RESIZE:
     out.append(_problem("init.posemb_resize", init.posemb_resize,
-                        "allowed: auto, nearest, bilinear", "--config.init.posemb_resize=auto"))
+                        f"allowed: auto, {', '.join(allowed.POSEMB_RESIZE)}", "--config.init.posemb_resize=auto"))
   try:
     unknown = sorted(set(fit.parse_head_map(init.head_map)) - set(config.datasets))
     if unknown:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from cover_jax.config import allowed
+
 
 def clip_starts(num_available, num_frames: int, stride: int, num_clips: int) -> tf.Tensor:
   """int32 (num_clips,) first-frame indices of the K evaluation clips."""
@@ -42,7 +44,7 @@ def temporal_views(frames, num_frames: int, stride: int, num_clips: int) -> tf.T
 
 def spatial_crop_offsets(height, width, size: int, num_crops: int) -> tf.Tensor:
   """int32 (num_crops, 2) (top, left) of the S crops of `size` x `size`."""
-  if num_crops not in (1, 3):
+  if num_crops not in allowed.EVAL_CROPS:
     raise ValueError(f"num_crops must be 1 or 3, got {num_crops}")
   height, width = tf.cast(height, tf.int32), tf.cast(width, tf.int32)
   centre = tf.stack([(height - size) // 2, (width - size) // 2])

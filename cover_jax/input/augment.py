@@ -28,8 +28,8 @@ import math
 
 import tensorflow as tf
 
-KINDS = ("crop", "scale_jitter", "random_resized_crop", "inception")
-MAX_MAGNITUDE = 10.0
+from cover_jax.config import allowed
+
 _FILL = 128.0  # grey for pixels that rotate / shear / translate bring in (as timm)
 _RRC_ATTEMPTS = 10
 
@@ -70,7 +70,7 @@ def spatial_crop(clip, aug_cfg, crop_size: int, seed) -> tf.Tensor:
                                seed)
   if aug_cfg.kind == "inception":
     return inception_crop(clip, crop_size, aug_cfg.area_range, aug_cfg.aspect_ratio_range, seed)
-  raise ValueError(f"augment.kind {aug_cfg.kind!r}: use one of {', '.join(KINDS)}")
+  raise ValueError(f"augment.kind {aug_cfg.kind!r}: use one of {', '.join(allowed.AUGMENT_KINDS)}")
 
 
 # --- Geometry ---------------------------------------------------------------
@@ -151,7 +151,8 @@ def randaugment(clip, num_layers: int, magnitude: float, seed) -> tf.Tensor:
   `magnitude` is on the 0..10 scale of the RandAugment paper; 0 leaves the
   clip unchanged.
   """
-  level = min(max(float(magnitude), 0.0), MAX_MAGNITUDE) / MAX_MAGNITUDE
+  level = min(max(float(magnitude), 0.0), allowed.RANDAUGMENT_MAX_MAGNITUDE)
+  level /= allowed.RANDAUGMENT_MAX_MAGNITUDE
   for layer_seed in tf.unstack(tf.random.experimental.stateless_split(seed, num_layers)):
     op_seed, sign_seed = tf.unstack(tf.random.experimental.stateless_split(layer_seed, 2))
     op = tf.random.stateless_uniform([], op_seed, 0, len(RANDAUGMENT_OPS), dtype=tf.int32)

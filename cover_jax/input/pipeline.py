@@ -85,9 +85,9 @@ def prepare_datasets(config) -> dict[str, DatasetSpec]:
   return specs
 
 
-def dataset_seed(global_seed: int, name: str, process_index: int) -> int:
+def dataset_seed(global_seed: int, name: str, shard_index: int) -> int:
   """A per-dataset, per-process seed (stable across runs and machines)."""
-  return (global_seed * 1_000_003 + zlib.crc32(name.encode()) + 7919 * process_index) % (2 ** 31)
+  return (global_seed * 1_000_003 + zlib.crc32(name.encode()) + 7919 * shard_index) % (2 ** 31)
 
 
 def _checked(spec: DatasetSpec, raw) -> tuple[tf.Tensor, tf.Tensor]:
@@ -189,13 +189,13 @@ def _train_example(spec: DatasetSpec, seed: int):
   return fn
 
 
-def train_dataset(spec: DatasetSpec, *, global_seed: int, process_index: int = 0,
-                  process_count: int = 1, start_batch: int = 0,
+def train_dataset(spec: DatasetSpec, *, global_seed: int, shard_index: int = 0,
+                  num_shards: int = 1, start_batch: int = 0,
                   start_position: int | None = None) -> tf.data.Dataset:
   """Infinite, deterministic stream of per-process training batches.
 
   Batches hold 'video' (uint8 (B, T, crop, crop, 3): normalised on the devices,
-  evaluate.normalise, since float32 clips cost 4x the host memory, copies and
+  device.normalise, since float32 clips cost 4x the host memory, copies and
   transfer), 'label' and 'index' (each example's stream position;
   `SkipCounter` turns gaps into skip counts and drops the key).
 
@@ -208,9 +208,9 @@ def train_dataset(spec: DatasetSpec, *, global_seed: int, process_index: int = 0
       examples were skipped (each skip moves the stream one record further).
   """
   cfg = spec.config
-  local_batch = cfg.batch_size // process_count
-  seed = dataset_seed(global_seed, spec.name, process_index)
-  ds = spec.source.read(cfg.train_split, process_index, process_count, train=True)
+  local_batch = cfg.batch_size // num_shards
+  seed = dataset_seed(global_seed, spec.name, shard_index)
+  ds = spec.source.read(cfg.train_split, shard_index, num_shards, train=True)
   if cfg.cache:
     ds = ds.cache()
   ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
@@ -244,13 +244,13 @@ def num_eval_views(cfg) -> int:
   return clips * cfg.eval_crops
 
 
-def eval_dataset(spec: DatasetSpec, *, process_index: int = 0,
-                 process_count: int = 1) -> tuple[tf.data.Dataset, int]:
+def eval_dataset(spec: DatasetSpec, *, shard_index: int = 0,
+                 num_shards: int = 1) -> tuple[tf.data.Dataset, int]:
   """Multi-view eval batches of videos, padded to equal counts on every process.
 
   Views stay uint8: a batch of many videos x K*S views is 4x smaller than in
   float32 on the host and on its way to the devices; the eval step normalises
-  (evaluate.multiview_eval_step).
+  (evaluation/step.py: multiview_eval_step).
 
   Returns:
     (dataset, num_batches): batches hold 'video' uint8 (B, V, T, crop, crop, 3)
@@ -258,9 +258,9 @@ def eval_dataset(spec: DatasetSpec, *, process_index: int = 0,
     (B,) (1 real video, 0 padding or a skipped video's place).
   """
   cfg = spec.config
-  local_batch = cfg.eval_batch_size // process_count
-  per_process = max(spec.source.num_examples(cfg.eval_split, p, process_count)
-                    for p in range(process_count))
+  local_batch = cfg.eval_batch_size // num_shards
+  per_process = max(spec.source.num_examples(cfg.eval_split, p, num_shards)
+                    for p in range(num_shards))
   num_batches = -(-per_process // local_batch)
 
   def preprocess(raw):
@@ -268,7 +268,7 @@ def eval_dataset(spec: DatasetSpec, *, process_index: int = 0,
     return {"video": _eval_views(spec, encoded), "label": label,
             "mask": tf.constant(1, tf.int32)}
 
-  ds = spec.source.read(cfg.eval_split, process_index, process_count)
+  ds = spec.source.read(cfg.eval_split, shard_index, num_shards)
   ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(
       log_warning=True)
   views_shape = (num_eval_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3)

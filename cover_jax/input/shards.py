@@ -2,8 +2,8 @@
 
 With `config.input.shards` = S, the global batch of a dataset is the
 concatenation of S shard batches; shard s is the pipeline that a process
-`s` of `S` would read (`pipeline.train_dataset(process_index=s,
-process_count=S)`). Process p of P reads the S/P consecutive shards it owns and
+`s` of `S` would read (`pipeline.train_dataset(shard_index=s,
+num_shards=S)`). Process p of P reads the S/P consecutive shards it owns and
 concatenates them. So what is trained on does not depend on how many
 processes read it: a run resumed on another number of hosts sees the same
 batches, and a one-process run reproduces a multi-process one. S = 0 means

@@ -16,7 +16,7 @@ Sources (`config.datasets.<name>.source`):
   image_folder   `<path>/<split>/<class>/<image>` (or `<path>/<class>/<image>`)
   image_records  tf.train.Example records: image/encoded, image/class/label
 
-`read(split, process_index, process_count)` gives the raw stream of one
+`read(split, shard_index, num_shards)` gives the raw stream of one
 process (`parse` turns a raw element into the common form inside the fallible
 map, so unparseable records are skipped and counted like other bad input);
 `num_examples(split, ...)` how many records that stream holds.
@@ -59,7 +59,7 @@ class Source:
   def describe(self) -> str:
     return f"{self.cfg.source} at {self.cfg.path or self.cfg.get('tfds_name', '')}"
 
-  def read(self, split: str, process_index: int, process_count: int, *,
+  def read(self, split: str, shard_index: int, num_shards: int, *,
            train: bool = False) -> tf.data.Dataset:
     """The raw records of one process's share (`train`: a share need not be exact)."""
     raise NotImplementedError
@@ -67,13 +67,13 @@ class Source:
   def parse(self, raw) -> dict:
     raise NotImplementedError
 
-  def num_examples(self, split: str, process_index: int = 0, process_count: int = 1) -> int:
+  def num_examples(self, split: str, shard_index: int = 0, num_shards: int = 1) -> int:
     raise NotImplementedError
 
 
-def _share(total: int, process_index: int, process_count: int) -> int:
-  """Records of `total` that `Dataset.shard(process_count, process_index)` keeps."""
-  return len(range(process_index, total, process_count))
+def _share(total: int, shard_index: int, num_shards: int) -> int:
+  """Records of `total` that `Dataset.shard(num_shards, shard_index)` keeps."""
+  return len(range(shard_index, total, num_shards))
 
 
 class _RecordFiles(Source):
@@ -83,22 +83,22 @@ class _RecordFiles(Source):
     pattern = os.path.join(self.cfg.path, self.cfg.file_pattern.format(split=split))
     return sorted(tf.io.gfile.glob(pattern))
 
-  def read(self, split, process_index, process_count, *, train=False):
+  def read(self, split, shard_index, num_shards, *, train=False):
     files = self.files(split)
-    if train and process_count > 1 and len(files) >= process_count:
+    if train and num_shards > 1 and len(files) >= num_shards:
       # Training: each process reads only its files (a pod must not read the
       # whole dataset on every host).
-      files = files[process_index::process_count]
-      process_count = 1
+      files = files[shard_index::num_shards]
+      num_shards = 1
     # Otherwise record-level sharding: exact per-process counts (equal eval
     # batches), every process reads the bytes of all files. Files are read in
     # parallel, interleaved deterministically.
     ds = tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), 8) or None)
-    return ds.shard(process_count, process_index) if process_count > 1 else ds
+    return ds.shard(num_shards, shard_index) if num_shards > 1 else ds
 
-  def num_examples(self, split, process_index=0, process_count=1):
+  def num_examples(self, split, shard_index=0, num_shards=1):
     total = self._counted(split)
-    return _share(total, process_index, process_count)
+    return _share(total, shard_index, num_shards)
 
   def _counted(self, split: str) -> int:
     if not hasattr(self, "_counts"):
@@ -212,18 +212,18 @@ class ImageFolder(Source):
       self._listed[split] = (paths, labels)
     return self._listed[split]
 
-  def read(self, split, process_index, process_count, *, train=False):
+  def read(self, split, shard_index, num_shards, *, train=False):
     paths, labels = self.listing(split)
     ds = tf.data.Dataset.from_tensor_slices({"path": tf.constant(paths, tf.string),
                                              "label": tf.constant(labels, tf.int64)})
-    return ds.shard(process_count, process_index) if process_count > 1 else ds
+    return ds.shard(num_shards, shard_index) if num_shards > 1 else ds
 
   def parse(self, raw):
     return {"encoded": tf.io.read_file(raw["path"])[None], "label": raw["label"],
             "name": raw["path"]}
 
-  def num_examples(self, split, process_index=0, process_count=1):
-    return _share(len(self.listing(split)[0]), process_index, process_count)
+  def num_examples(self, split, shard_index=0, num_shards=1):
+    return _share(len(self.listing(split)[0]), shard_index, num_shards)
 
 
 class TfdsDataset(Source):
@@ -242,12 +242,12 @@ class TfdsDataset(Source):
   def describe(self) -> str:
     return f"TFDS {self.builder.info.full_name} in {self.builder.data_dir}"
 
-  def _split(self, split, process_index, process_count) -> str:
-    return tfds.split_for_jax_process(split, process_index=process_index,
-                                      process_count=process_count, drop_remainder=False)
+  def _split(self, split, shard_index, num_shards) -> str:
+    return tfds.split_for_jax_process(split, process_index=shard_index,
+                                      process_count=num_shards, drop_remainder=False)
 
-  def read(self, split, process_index, process_count, *, train=False):
-    return self.builder.as_dataset(split=self._split(split, process_index, process_count),
+  def read(self, split, shard_index, num_shards, *, train=False):
+    return self.builder.as_dataset(split=self._split(split, shard_index, num_shards),
                                    shuffle_files=False,
                                    decoders={self.key: tfds.decode.SkipDecoding()})
 
@@ -256,14 +256,14 @@ class TfdsDataset(Source):
     return {"encoded": encoded if self.is_video else encoded[None], "label": raw["label"],
             "name": tf.strings.as_string(raw["label"])}
 
-  def num_examples(self, split, process_index=0, process_count=1):
+  def num_examples(self, split, shard_index=0, num_shards=1):
     if split not in self.builder.info.splits:
       return 0
-    return self.builder.info.splits[self._split(split, process_index, process_count)].num_examples
+    return self.builder.info.splits[self._split(split, shard_index, num_shards)].num_examples
 
 
 def _named_tfds(name: str, cfg, data_dir: str) -> TfdsDataset:
-  from cover_jax.prepare import video_builders  # pylint: disable=unused-import  # registers them
+  from cover_jax.prepare import video_builders  # noqa: F401  (importing registers the builders)
 
   if not cfg.tfds_name:
     raise _fail(name, "source 'tfds' needs a dataset name",

@@ -23,9 +23,6 @@ array).
 
 from __future__ import annotations
 
-import glob
-import json
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,7 +37,7 @@ from cover_jax.parallel import sharding
 # the same for their sharding annotations.
 _LAYERS = {nnx.PARTITION_NAME: "layers"}
 
-REMAT_POLICIES: dict[str, Any] = {
+REMAT_POLICIES: dict[str, Any] = {  # keys: config/allowed.py REMAT
     "none": None,  # no rematerialisation
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
@@ -181,27 +178,3 @@ def _map_sequence(fn, items):
 
 def _is_block_list(blocks: Mapping) -> bool:
   return bool(blocks) and all(str(k).isdigit() for k in blocks)
-
-
-class LayoutMismatchError(ValueError):
-  """Checkpoints in the workdir have the other block layout (scanned or not)."""
-
-
-def check_checkpoint_layout(directory: str, scan_layers: bool) -> None:
-  """Refuses to resume from checkpoints saved with the other `model.scan_layers`.
-
-  Such checkpoints would fail to restore and look damaged; this says why
-  instead, before anything is restored or set aside.
-  """
-  for meta_file in glob.glob(os.path.join(directory, "*", "meta", "metadata")):
-    try:
-      with open(meta_file) as f:
-        saved = json.loads(json.load(f)["config"])["model"].get("scan_layers", False)
-    except (OSError, ValueError, KeyError, TypeError):
-      continue  # unreadable metadata: the restore's own fallback deals with it
-    if bool(saved) != bool(scan_layers):
-      raise LayoutMismatchError(
-          f"{os.path.dirname(os.path.dirname(meta_file))} was saved with "
-          f"model.scan_layers={bool(saved)}, but this run has {bool(scan_layers)}. Resume with "
-          f"--config.model.scan_layers={bool(saved)}, or convert the checkpoint into a new "
-          "workdir first: python -m cover_jax.checkpoint.relayout --workdir=<this run> --output=<new dir>.")

@@ -43,15 +43,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cover_jax.config import allowed
 from cover_jax.parallel import sharding
 from cover_jax.models import block_stack
 
-ATTENTION_TYPES = ("divided_space_time", "joint_space_time", "space_only")
-# How attention is computed: 'xla' is explicit einsums + softmax (any device,
-# attention dropout, bit-for-bit the reference math); 'cudnn' is cuDNN's fused
-# flash attention through `jax.nn.dot_product_attention` (GPU, bf16/fp16, no
-# attention dropout); 'auto' picks cudnn where it can run, else xla.
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 _CUDNN_DTYPES = ("bfloat16", "float16")
 
 # name: (width, depth, heads, mlp_dim). ViT sizes as in big_vision; `Mu` is a
@@ -88,9 +83,9 @@ def decode_variant(variant: str) -> TimeSformerDims:
 
 
 def resolve_attention_impl(impl: str, dtype, head_dim: int, attention_dropout: float) -> str:
-  """'xla' or 'cudnn' for the configured `impl` (see ATTENTION_IMPLS)."""
-  if impl not in ATTENTION_IMPLS:
-    raise ValueError(f"attention_impl {impl!r} not in {ATTENTION_IMPLS}")
+  """'xla' or 'cudnn' for the configured `impl` (see allowed.ATTENTION_IMPLS)."""
+  if impl not in allowed.ATTENTION_IMPLS:
+    raise ValueError(f"attention_impl {impl!r} not in {allowed.ATTENTION_IMPLS}")
   problems = cudnn_attention_problems(dtype, head_dim, attention_dropout)
   if impl == "cudnn" and problems:
     raise ValueError("attention_impl 'cudnn' cannot run here: " + "; ".join(problems)
@@ -335,10 +330,10 @@ class TimeSformer(nnx.Module):
                attention_dropout: float = 0.0, stochastic_depth: float = 0.0,
                time_embed_init_std: float = 0.0, dtype=jnp.float32, remat: str = "none",
                scan_layers: bool = False, attention_impl: str = "auto", rngs: nnx.Rngs):
-    if attention_type not in ATTENTION_TYPES:
-      raise ValueError(f"attention_type {attention_type!r} not in {ATTENTION_TYPES}")
-    if remat not in block_stack.REMAT_POLICIES:
-      raise ValueError(f"remat {remat!r} not in {sorted(block_stack.REMAT_POLICIES)}")
+    if attention_type not in allowed.ATTENTION_TYPES:
+      raise ValueError(f"attention_type {attention_type!r} not in {allowed.ATTENTION_TYPES}")
+    if remat not in allowed.REMAT:
+      raise ValueError(f"remat {remat!r} not in {allowed.REMAT}")
     if scan_layers and stochastic_depth > 0:
       # Scanned blocks share their static attributes; the per-layer rising
       # drop-path rate is one of them.

@@ -40,7 +40,7 @@ import os
 import sys
 import time
 
-from absl import app, flags, logging
+from absl import flags
 from etils import epath
 
 from cover_jax.prepare import annotations, class_list, split_writer, video_records

@@ -27,9 +27,10 @@ import zipfile
 
 import numpy as np
 
+from cover_jax.config import allowed
 from cover_jax.pretrained.weights import PretrainedError
 
-FORMATS = ("vit_npz", "big_vision_npz", "timesformer_pyth", "hf", "orbax")
+FORMATS = allowed.INIT_FORMATS
 TORCH_SUFFIXES = (".pyth", ".pth", ".pt", ".bin")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INSTALL_TORCH = 'pip install -e ".[torch]" (torch==2.13.0; the CPU build is enough)'

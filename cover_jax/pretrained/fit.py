@@ -25,12 +25,13 @@ import re
 
 import numpy as np
 
+from cover_jax.config import allowed
 from cover_jax.models import timesformer
 from cover_jax.pretrained import resize
 from cover_jax.pretrained.weights import (CheckpointDims, PretrainedError, PretrainedWeights,
                                          checkpoint_dims)
 
-HEAD_MODES = ("matching", "none", "all")
+HEAD_MODES = allowed.INIT_HEAD_MODES
 _MAX_LISTED = 12
 _TEMPORAL_COPY_RE = re.compile(r"^backbone/blocks/(\d+)/(temporal_norm1|temporal_attn)/(.+)$")
 _TEMPORAL_ZERO_RE = re.compile(r"^backbone/(blocks/\d+/temporal_fc/.+|time_embed)$")

@@ -15,79 +15,39 @@ names of each head.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import numpy as np
-import orbax.checkpoint as ocp
 
+from cover_jax.checkpoint import manager
 from cover_jax.models import block_stack
 from cover_jax.pretrained import files
 from cover_jax.pretrained.weights import CheckpointInfo, PretrainedWeights, flatten
 
 
-def step_dirs(path: str) -> list[str]:
-  """Candidate step directories, newest first."""
-  if files.isdir(os.path.join(path, "state")):
-    return [path]
-  if files.isdir(os.path.join(path, "checkpoints")):
-    path = os.path.join(path, "checkpoints")
-  steps = sorted((int(n) for n in files.listdir(path)
-                  if n.isdigit() and files.isdir(os.path.join(path, n))), reverse=True)
-  if not steps:
-    raise files.CheckpointFileError(f"{path}: no checkpoint steps (numbered directories) found")
-  return [os.path.join(path, str(s)) for s in steps]
-
-
-def read_meta(step_dir: str) -> dict:
-  meta_file = os.path.join(step_dir, "meta", "metadata")
-  if not files.isfile(meta_file):
-    return {}
-  with files.open_file(meta_file, "r") as f:
-    return json.load(f)
-
-
-def restore_params(step_dir: str) -> dict[str, np.ndarray]:
-  """Flat {our path: array} of the `params` of one step (partial restore)."""
-  checkpointer = ocp.PyTreeCheckpointer()
-  state_dir = os.path.join(step_dir, "state")
-  tree = checkpointer.metadata(state_dir).item_metadata
-  tree = getattr(tree, "tree", tree)
-  if not isinstance(tree, dict) or "params" not in tree:
-    raise files.CheckpointFileError(f"{state_dir}: holds no 'params' (not a checkpoint of ours)")
-  item = {"params": _to_restore_item(tree["params"])}
-  restore_args = _map_leaves(item, lambda _: ocp.RestoreArgs(restore_type=np.ndarray))
-  restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True))
-  flat = flatten(restored["params"])
-  # NNX variables are stored as {'value': array}: drop that last level.
+def _flat_params(params: dict) -> dict[str, np.ndarray]:
+  """Nested params -> flat {our path: array}; NNX variables are stored as {'value': array}."""
+  flat = flatten(params)
   return {k[:-len("/value")] if k.endswith("/value") else k: np.asarray(v) for k, v in flat.items()}
-
-
-def _to_restore_item(meta_tree):
-  return _map_leaves(meta_tree, lambda m: np.empty(m.shape, m.dtype))
-
-
-def _map_leaves(tree, fn):
-  if isinstance(tree, dict):
-    return {k: _map_leaves(v, fn) for k, v in tree.items()}
-  return fn(tree)
 
 
 def read(path: str) -> PretrainedWeights:
   """Weights of the newest step that restores, with what its meta says."""
   errors = []
-  for step_dir in step_dirs(path):
+  try:
+    candidates = manager.step_dirs(path)
+  except manager.NoCheckpointError as e:
+    raise files.CheckpointFileError(str(e)) from None
+  for step_dir in candidates:
     try:
       # A scanned run's blocks come per block, like every other format's.
-      params = block_stack.unstack_flat(restore_params(step_dir))
+      params = block_stack.unstack_flat(_flat_params(manager.restore_params(step_dir)))
     except Exception as e:  # pylint: disable=broad-except  (damage surfaces as many types)
       logging.warning("init_from: %s does not restore (%s: %s); trying an older step",
                       step_dir, type(e).__name__, e)
       errors.append(f"{step_dir}: {type(e).__name__}")
       continue
-    info = info_from_meta(read_meta(step_dir))
+    info = info_from_meta(manager.read_meta(step_dir))
     qkv = params.get("backbone/blocks/0/attn/qkv_kernel")
     if qkv is not None:
       info.num_heads, info.heads_from = int(qkv.shape[2]), "the attention kernel shapes"
@@ -98,9 +58,7 @@ def read(path: str) -> PretrainedWeights:
 
 def info_from_meta(meta: dict) -> CheckpointInfo:
   info = CheckpointInfo()
-  config = meta.get("config")
-  if isinstance(config, str):
-    config = json.loads(config)
+  config = manager.saved_config(meta)
   if isinstance(config, dict):
     info.config = config
     model = config.get("model", {})

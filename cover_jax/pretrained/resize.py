@@ -22,9 +22,10 @@ from __future__ import annotations
 import numpy as np
 import scipy.ndimage
 
+from cover_jax.config import allowed
 from cover_jax.models.timesformer import nearest_indices
 
-RESIZE_METHODS = ("nearest", "bilinear")
+RESIZE_METHODS = allowed.POSEMB_RESIZE
 
 
 def grid_size(num_patches: int) -> int:

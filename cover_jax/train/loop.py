@@ -44,14 +44,13 @@ from clu import periodic_actions
 from jax.experimental import multihost_utils
 
 from cover_jax.checkpoint import manager
-from cover_jax.evaluation import evaluate
+from cover_jax.evaluation import step as eval_step, table
 from cover_jax.train import mixture, mixup, optim, state as train_state
 from cover_jax.parallel import sharding
 from cover_jax.metrics import writers
 from cover_jax.train import nonfinite, preemption
 from cover_jax.checkpoint import resume_checks, workdir as workdir_checks
-from cover_jax.input import augment, pipeline, shards
-from cover_jax.models import block_stack
+from cover_jax.input import augment, device, pipeline, shards
 from cover_jax.pretrained import loader as pretrained_loader
 from cover_jax.train.step import FlatStateStep, HeadSettings, bind_train_step
 
@@ -86,7 +85,7 @@ class _Run:
 @dataclasses.dataclass
 class Outcome:
   """What a training run ends with."""
-  results: dict[str, dict[str, float]]  # dataset -> evaluate.evaluate_dataset's dict
+  results: dict[str, dict[str, float]]  # dataset -> eval_step.evaluate_dataset's dict
   train_top1: dict[str, float]          # dataset -> train top-1 of the last logging window
   train_step_compilations: int          # one per distinct input shape
 
@@ -126,7 +125,7 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, dict[str, float]]:
 def _table(run: _Run, results, train_top1) -> str:
   views = {n: f"{pipeline.num_eval_views(s.config) // s.config.eval_crops}x{s.config.eval_crops}"
            for n, s in run.specs.items()}
-  return evaluate.format_table(results, {n: s.config.num_classes for n, s in run.specs.items()},
+  return table.format_table(results, {n: s.config.num_classes for n, s in run.specs.items()},
                                train_top1, views)
 
 
@@ -147,7 +146,7 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
   if not require_checkpoint:
     workdir_checks.ensure_room_for_checkpoint(ckpt_dir, abstract)
   ckpt = manager.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
-  block_stack.check_checkpoint_layout(ckpt.directory, config.model.scan_layers)
+  resume_checks.check_checkpoint_layout(ckpt.directory, config.model.scan_layers)
   restored = ckpt.restore_latest(
       abstract, set_aside_damaged=not require_checkpoint and jax.process_index() == 0,
       check=functools.partial(resume_checks.check_resumable, config, abstract))
@@ -177,7 +176,7 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
   replicated = sharding.replicated(mesh)
   step_fn = FlatStateStep(sharding.with_rules(step, rules), state_shardings, replicated)
   eval_fn = jax.jit(sharding.with_rules(functools.partial(
-      evaluate.multiview_eval_step, graphdef=graphdef, heads=heads,
+      eval_step.multiview_eval_step, graphdef=graphdef, heads=heads,
       mean=tuple(config.input.mean), std=tuple(config.input.std)), rules),
                     out_shardings=replicated)
   writer = writers.create_writer(workdir, jax.process_index())
@@ -190,19 +189,9 @@ def _normalising_inputs(step, input_config):
   mean, std = tuple(input_config.mean), tuple(input_config.std)
 
   def normalised_step(state, batches, rng):
-    batches = tuple({**b, "video": evaluate.normalise(b["video"], mean, std)} for b in batches)
+    batches = tuple({**b, "video": device.normalise(b["video"], mean, std)} for b in batches)
     return step(state, batches, rng)
   return normalised_step
-
-
-def _to_device(mesh, batch: dict, dataset_index: int, rules=None) -> dict:
-  """Process-local host batch -> global arrays sharded over the batch axes."""
-  out = {k: jax.make_array_from_process_local_data(sharding.batch_sharding(mesh, v.ndim, rules),
-                                                   v)
-         for k, v in batch.items()}
-  out["dataset_index"] = jax.make_array_from_process_local_data(
-      sharding.replicated(mesh), np.asarray(dataset_index, np.int32))
-  return out
 
 
 def _input_positions(run: _Run) -> dict[str, int]:
@@ -232,7 +221,7 @@ def _train_iterators(run: _Run, consumed: dict[str, int]) -> dict:
       start = (int(positions[shard]) if positions and len(positions) == num_shards
                else consumed[spec.name] * (spec.config.batch_size // num_shards))
       batches = pipeline.train_dataset(
-          spec, global_seed=cfg.seed, process_index=shard, process_count=num_shards,
+          spec, global_seed=cfg.seed, shard_index=shard, num_shards=num_shards,
           start_position=start).as_numpy_iterator()
       counter = pipeline.SkipCounter(spec.name, batches, start)
       run.skip_counters.setdefault(spec.name, {})[shard] = counter
@@ -302,7 +291,7 @@ def _train_loop(run: _Run) -> dict[str, float]:
           _save_checkpoint(run, step, positions, tracked)
         raise preemption.Preempted(step, run.ckpt.directory)
       names = run.mixture.datasets_at(step)
-      batches = tuple(_to_device(run.mesh, next(iterators[n]), index[n], run.rules)
+      batches = tuple(device.to_device(run.mesh, next(iterators[n]), index[n], run.rules)
                       for n in names)
       for name in names:
         positions[name] += 1
@@ -392,20 +381,20 @@ def _log_train(run: _Run, tracked: _TrainMetrics, done: int, last_log):
 
 def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
   results = {}
-  to_device = functools.partial(_to_device, run.mesh, rules=run.rules)
+  to_device = functools.partial(device.to_device, run.mesh, rules=run.rules)
   with jax.set_mesh(run.mesh):
     for i, name in enumerate(run.heads.dataset_names):
       if not run.specs[name].config.eval_split:
         continue  # e.g. ImageNet-21k: no held-out split
       if name not in run.eval_datasets:
         run.eval_datasets[name], _ = pipeline.eval_dataset(
-            run.specs[name], process_index=jax.process_index(),
-            process_count=jax.process_count())
+            run.specs[name], shard_index=jax.process_index(),
+            num_shards=jax.process_count())
       ds = run.eval_datasets[name]
-      results[name] = evaluate.evaluate_dataset(
+      results[name] = eval_step.evaluate_dataset(
           run.eval_fn, state.params, ds.as_numpy_iterator(), i, to_device,
           expected_videos=run.specs[name].num_test_examples)
-  run.writer.write_scalars(step, evaluate.scalars(results))
+  run.writer.write_scalars(step, table.scalars(results))
   if jax.process_index() == 0:
-    print(f"eval @ step {step}: {evaluate.format_line(results)}", flush=True)
+    print(f"eval @ step {step}: {table.format_line(results)}", flush=True)
   return results

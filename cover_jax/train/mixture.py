@@ -15,12 +15,14 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from cover_jax.config import allowed
+
 
 class DatasetMixture:
   """Deterministic per-step dataset choice from (seed, step)."""
 
   def __init__(self, weights: Mapping[str, float], mode: str, seed: int):
-    if mode not in ("sample", "all"):
+    if mode not in allowed.MIXTURES:
       raise ValueError(f"mixture mode {mode!r}: use 'sample' or 'all'")
     self.names = tuple(sorted(weights))
     probs = np.array([weights[n] for n in self.names], dtype=np.float64)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import optax
 
+from cover_jax.config import allowed
+
 _NO_DECAY_NAMES = ("bias", "scale", "cls_token", "pos_embed", "time_embed")
 
 
@@ -42,5 +44,5 @@ def build_optimizer(opt_config, total_steps: int) -> optax.GradientTransformatio
       parts.append(optax.add_decayed_weights(opt_config.weight_decay, mask=weight_decay_mask))
     parts.append(optax.sgd(schedule, momentum=opt_config.momentum, nesterov=opt_config.nesterov))
   else:
-    raise ValueError(f"config.optimizer.name = {opt_config.name!r}: use 'adamw' or 'sgd'")
+    raise ValueError(f"config.optimizer.name = {opt_config.name!r}: use one of {allowed.OPTIMIZERS}")
   return optax.chain(*parts)

@@ -9,7 +9,9 @@ no device ever holds the whole state unless the mesh says so.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import optax
@@ -18,7 +20,14 @@ from jax.sharding import Mesh
 
 from cover_jax.parallel import sharding
 from cover_jax.models import cover
-from cover_jax.train.step import TrainState
+
+
+@flax.struct.dataclass
+class TrainState:
+  """What a training step changes: the step counter, the parameters, the optimizer state."""
+  step: jax.Array
+  params: Any      # nnx.State of the model's parameters
+  opt_state: Any
 
 
 def _init_state(rng, model_config, num_classes, tx) -> tuple[nnx.GraphDef, TrainState]:

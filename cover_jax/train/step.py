@@ -1,4 +1,4 @@
-"""The pure training step (evaluation: evaluate.multiview_eval_step).
+"""The pure training step (its evaluation counterpart: evaluation/step.py).
 
 `train_step(state, batches, rng) -> (state, metrics)` is a plain function of
 arrays: the model's graph definition, the optimizer and the per-dataset loss
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
 
 import flax
 import jax
@@ -29,13 +28,7 @@ import optax
 from flax import nnx
 
 from cover_jax.train import grad_accum, mixup as mixup_lib, nonfinite
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any      # nnx.State of the model's parameters
-  opt_state: Any
+from cover_jax.train.state import TrainState
 
 
 @flax.struct.dataclass(frozen=True)

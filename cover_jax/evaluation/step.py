@@ -1,0 +1,58 @@
+"""Per-dataset multi-view evaluation of a test split (the step and the loop over batches).
+
+A batch holds many videos, each with all its V = K x S views (views.py), so a
+device runs (videos per device) x V clips through the backbone at once; the
+counts (counts.py) are summed on the host after one sync for the whole split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+from flax import nnx
+
+from cover_jax.evaluation import counts
+from cover_jax.input import device
+
+
+def multiview_eval_step(params, batch: dict, *, graphdef, heads, mean, std) -> dict:
+  """Counts for one batch {'video': uint8 (B, V, T, H, W, 3), 'label': (B,), 'mask': (B,)}.
+
+  `heads` is train_step.HeadSettings; the head is chosen by the batch's
+  `dataset_index` inside the step, as in training. `mean`/`std`: config.input's.
+  """
+  model = nnx.merge(graphdef, params)
+  video = device.normalise(batch["video"], mean, std)
+  b, v = video.shape[:2]
+  features = model.backbone(video.reshape((b * v,) + video.shape[2:]), deterministic=True)
+
+  def branch(i):
+    def f(features, labels):
+      logits = model.heads[heads.dataset_names[i]](features)
+      return counts.view_counts(logits.reshape(b, v, -1), labels, batch["mask"])
+    return f
+  branches = [branch(i) for i in range(len(heads.dataset_names))]
+  return jax.lax.switch(batch["dataset_index"], branches, features, batch["label"])
+
+
+def evaluate_dataset(eval_fn: Callable, params, batches, dataset_index: int,
+                     to_device: Callable, expected_videos: int | None = None) -> dict:
+  """Clip- and video-level accuracy over one dataset's test split.
+
+  Args:
+    eval_fn: jitted `multiview_eval_step` (params, batch) -> summed counts.
+    batches: iterable of host batches {'video', 'label', 'mask'}.
+    dataset_index: the dataset's index among the model's heads.
+    to_device: host batch -> global device arrays.
+    expected_videos: the split's size; the shortfall is reported as skipped.
+  """
+  totals = dict.fromkeys(counts.COUNT_KEYS, 0.0)
+  pending = [eval_fn(params, to_device(batch, dataset_index)) for batch in batches]
+  for batch_counts in jax.device_get(pending):  # one host sync for the whole split
+    for key in totals:
+      totals[key] += float(batch_counts[key])
+  out = counts.accuracies(totals)
+  if expected_videos is not None:
+    out["skipped_records"] = max(expected_videos - out["num_videos"], 0)
+  return out
