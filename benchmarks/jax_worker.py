@@ -23,7 +23,7 @@ from cover_jax.metrics import flops
 from cover_jax.train import optim, state as train_state
 from cover_jax.parallel import sharding
 from cover_jax.models import timesformer
-from cover_jax.train.step import FlatStateStep, HeadSettings, bind_train_step
+from cover_jax.train.step import StepSettings, TrainStep
 
 _ARGS = argparse.ArgumentParser(description=__doc__)
 _ARGS.add_argument("--config", required=True)
@@ -72,9 +72,10 @@ class StepBench:
                                                               tx, self.mesh)
     state = train_state.init_train_state(jax.random.key(0), self.model_config, num_classes,
                                          tx, shardings)
-    step = bind_train_step(graphdef, tx, HeadSettings(("bench",), (0.0,)), (1.0,),
-                           optim.learning_rate_schedule(opt_config, 1000))
-    self.step = FlatStateStep(step, shardings, sharding.replicated(self.mesh))
+    # As the trainer: uint8 frames from the pipeline, normalised inside the step.
+    settings = StepSettings(("bench",), (0.0,), normalise=((0.45,) * 3, (0.225,) * 3))
+    self.step = TrainStep(graphdef, tx, settings, optim.learning_rate_schedule(opt_config, 1000),
+                          state_shardings=shardings, metrics_sharding=sharding.replicated(self.mesh))
     self.leaves = self.step.flatten(state)  # the state between steps, as the trainer keeps it
     self.rng = jax.random.key(1)
     self.run_fns = {}    # kind -> one timed step
@@ -84,8 +85,8 @@ class StepBench:
 
     c = self.config
     rng = np.random.default_rng(frames)
-    host = {"video": rng.standard_normal((c.batch, frames, c.image_size, c.image_size, 3),
-                                         np.float32),
+    host = {"video": rng.integers(0, 256, (c.batch, frames, c.image_size, c.image_size, 3),
+                                  np.uint8),
             "label": rng.integers(0, c.num_classes, c.batch).astype(np.int32)}
     batch = {k: jax.device_put(v, sharding.batch_sharding(self.mesh, v.ndim))
              for k, v in host.items()}

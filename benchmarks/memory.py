@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from cover_jax.config import defaults  # noqa: E402
 from cover_jax.train import optim, state as train_state  # noqa: E402
 from cover_jax.parallel import sharding  # noqa: E402
-from cover_jax.train.step import HeadSettings, bind_train_step  # noqa: E402
+from cover_jax.train.step import StepSettings, bind  # noqa: E402
 
 # name -> (model config fields, default global batch)
 MODELS = {
@@ -79,9 +79,8 @@ def compile_step(model_fields: dict, knob: Knob, batch: int, mesh):
   tx = optim.build_optimizer(opt, 100)
   classes = {"video": 400}
   graphdef, abstract, shardings = train_state.abstract_train_state(model, classes, tx, mesh)
-  step = bind_train_step(graphdef, tx, HeadSettings(("video",), (0.0,)), (1.0,),
-                         optim.learning_rate_schedule(opt, 100),
-                         micro_batches=knob.grad_accum_steps)
+  settings = StepSettings(("video",), (0.0,), micro_batches=knob.grad_accum_steps)
+  step = bind(graphdef, tx, settings, optim.learning_rate_schedule(opt, 100))
   shape = (batch, model.num_frames, model.image_size, model.image_size, 3)
   batch_abstract = {
       "video": jax.ShapeDtypeStruct(shape, np.float32, sharding=sharding.batch_sharding(mesh, 5)),

@@ -19,7 +19,7 @@ from flax import nnx
 from cover_jax.train import mixup as mixup_lib, optim, state as train_state
 from cover_jax.parallel import sharding
 from cover_jax.models import block_stack
-from cover_jax.train.step import HeadSettings, bind_train_step
+from cover_jax.train.step import StepSettings, bind
 from tests.helpers import load_config
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -57,9 +57,8 @@ def run(mesh_shape, devices, host_batch, grad_accum_steps=1, mixup=None, **model
   if model.get("scan_layers"):  # start from the unscanned run's parameters, stacked
     state = state.replace(params=jax.device_put(
         _stacked_initial_params(state.params, tx), shardings.params))
-  step = jax.jit(bind_train_step(graphdef, tx, HeadSettings(NAMES, (0.1,) * 3), (1.0,),
-                                 optim.learning_rate_schedule(config.optimizer, 6),
-                                 micro_batches=grad_accum_steps, mixup=mixup),
+  settings = StepSettings(NAMES, (0.1,) * 3, micro_batches=grad_accum_steps, mixup=mixup)
+  step = jax.jit(bind(graphdef, tx, settings, optim.learning_rate_schedule(config.optimizer, 6)),
                  out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
            for k, v in host_batch.items()}

@@ -188,10 +188,10 @@ def test_randaugment_draws_many_different_ops():
 
 def test_augment_config_of_old_configs_is_the_default():
   cfg = load_config(arg="tiny=true").datasets.motion
-  assert augment.config_of(cfg).kind == "crop"
+  assert defaults.augment_of(cfg).kind == "crop"
   with cfg.unlocked():
     del cfg["augment"]
-  assert augment.config_of(cfg).to_dict() == defaults.augment_config().to_dict()
+  assert defaults.augment_of(cfg).to_dict() == defaults.augment_config().to_dict()
 
 
 @pytest.mark.parametrize("field,value,fragment", [

@@ -20,7 +20,7 @@ from cover_jax.config import defaults
 from cover_jax.metrics import flops
 from cover_jax.train import optim, state as train_state
 from cover_jax.parallel import sharding
-from cover_jax.train.step import HeadSettings, bind_train_step
+from cover_jax.train.step import StepSettings, bind
 from tests.helpers import REPO
 
 TINY = dict(width=32, depth=2, num_heads=2, mlp_dim=64, image_size=32, num_frames=4)
@@ -34,8 +34,7 @@ def _compiled_train_step(attention_type: str, frames: int):
   tx = optim.build_optimizer(opt_config, total_steps=10)
   mesh = sharding.make_mesh((-1, 1, 1))
   graphdef, abstract, _ = train_state.abstract_train_state(model_config, {"x": CLASSES}, tx, mesh)
-  step = bind_train_step(graphdef, tx, HeadSettings(("x",), (0.0,)), (1.0,),
-                         optim.learning_rate_schedule(opt_config, 10))
+  step = bind(graphdef, tx, StepSettings(("x",), (0.0,)), optim.learning_rate_schedule(opt_config, 10))
   size = TINY["image_size"]
   batch = {"video": jax.ShapeDtypeStruct((BATCH, frames, size, size, 3), jnp.float32),
            "label": jax.ShapeDtypeStruct((BATCH,), jnp.int32),

@@ -10,7 +10,7 @@ import pytest
 from cover_jax.config import defaults
 from cover_jax.train import loop, mixup, optim
 from cover_jax.parallel import sharding
-from cover_jax.train.step import HeadSettings, bind_train_step
+from cover_jax.train.step import StepSettings, bind
 from tests.helpers import assert_same_arrays, checkpoint_arrays, load_config
 from tests.test_train_step import CLASSES, NAMES, _batch, _leaves, setup  # noqa: F401
 
@@ -119,8 +119,8 @@ def _step(setup, settings, micro_batches=1):  # noqa: F811
   key = (settings, micro_batches)
   if key not in _STEPS:
     lr = optim.learning_rate_schedule(config.optimizer, config.total_steps)
-    _STEPS[key] = jax.jit(bind_train_step(graphdef, tx, HeadSettings(NAMES, (0.1,) * 3), (1.0,),
-                                          lr, micro_batches=micro_batches, mixup=settings),
+    step_settings = StepSettings(NAMES, (0.1,) * 3, micro_batches=micro_batches, mixup=settings)
+    _STEPS[key] = jax.jit(bind(graphdef, tx, step_settings, lr),
                           out_shardings=(shardings, sharding.replicated(mesh)))
   return _STEPS[key]
 

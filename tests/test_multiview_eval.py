@@ -8,7 +8,6 @@ from flax import nnx
 from cover_jax.evaluation import step as eval_step, table as results_table
 from cover_jax.train import optim, state as train_state
 from cover_jax.parallel import sharding
-from cover_jax.train.step import HeadSettings
 from tests.helpers import load_config
 
 CLASSES = {"appearance": 12, "images": 36, "motion": 8}
@@ -46,7 +45,7 @@ def test_video_level_is_the_mean_of_the_views_logits():
   batch = {"video": jnp.asarray(video), "label": jnp.asarray(labels), "mask": jnp.asarray(mask),
            "dataset_index": jnp.asarray(NAMES.index("motion"), jnp.int32)}
   counts = jax.jit(lambda p, x: eval_step.multiview_eval_step(
-      p, x, graphdef=graphdef, heads=HeadSettings(NAMES, (0.0,) * 3), **mean_std))(params, batch)
+      p, x, graphdef=graphdef, **mean_std))(params, batch)
 
   clip_hits = (logits.argmax(-1) == labels[:, None])[:2].sum()
   top5 = np.argsort(-logits, axis=-1)[..., :5]

@@ -13,7 +13,7 @@ from ml_collections import ConfigDict
 from cover_jax.train import loop, mixture, nonfinite, optim, state as train_state
 from cover_jax.parallel import sharding
 from cover_jax.config.validation import ConfigError, validate_config
-from cover_jax.train.step import HeadSettings, bind_train_step
+from cover_jax.train.step import StepSettings, bind
 from tests.helpers import assert_same_arrays, checkpoint_arrays, load_config
 
 NAMES = ("appearance", "images", "motion")
@@ -32,8 +32,9 @@ def setup():
   lr = optim.learning_rate_schedule(config.optimizer, config.total_steps)
 
   def step_fn(policy=None, inject_at=-1):
-    nf = None if policy is None else ConfigDict(dict(policy=policy, inject_at_step=inject_at))
-    step = bind_train_step(graphdef, tx, HeadSettings(NAMES, (0.0,) * 3), (1.0,), lr, nf)
+    settings = StepSettings(NAMES, (0.0,) * 3, skip_nonfinite=policy == "skip",
+                            inject_nonfinite_at_step=inject_at)
+    step = bind(graphdef, tx, settings, lr)
     return jax.jit(step, out_shardings=(shardings, sharding.replicated(mesh)))
   return init, step_fn
 

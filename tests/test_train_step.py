@@ -9,7 +9,7 @@ from flax import nnx
 from cover_jax.checkpoint import manager
 from cover_jax.train import optim, state as train_state
 from cover_jax.parallel import sharding
-from cover_jax.train.step import FlatStateStep, HeadSettings, bind_train_step
+from cover_jax.train.step import StepSettings, TrainStep, bind
 from tests.helpers import load_config
 
 NAMES = ("appearance", "images", "motion")
@@ -38,9 +38,9 @@ def _batch(dataset, frames, seed=0, size=16, batch=4):
 def _step_fn(setup, loss_weights=(1.0,), smoothing=0.0, donate=True):
   """Jitted as the trainer does: state keeps its shardings, donated."""
   config, mesh, tx, graphdef, _, shardings, _ = setup
-  heads = HeadSettings(NAMES, (smoothing,) * 3)
+  settings = StepSettings(NAMES, (smoothing,) * 3, tuple(loss_weights))
   lr = optim.learning_rate_schedule(config.optimizer, config.total_steps)
-  return jax.jit(bind_train_step(graphdef, tx, heads, loss_weights, lr),
+  return jax.jit(bind(graphdef, tx, settings, lr),
                  out_shardings=(shardings, sharding.replicated(mesh)),
                  donate_argnums=0 if donate else ())
 
@@ -112,7 +112,7 @@ def test_dropout_rng_is_folded_with_the_step(setup):
     mesh = sharding.make_mesh(config.mesh_shape)
     graphdef, _, shardings = train_state.abstract_train_state(config.model, CLASSES, tx, mesh)
     lr = optim.learning_rate_schedule(config.optimizer, config.total_steps)
-    step = jax.jit(bind_train_step(graphdef, tx, HeadSettings(NAMES, (0.0,) * 3), (1.0,), lr))
+    step = jax.jit(bind(graphdef, tx, StepSettings(NAMES, (0.0,) * 3), lr))
     fresh = lambda: train_state.init_train_state(jax.random.key(0), config.model, CLASSES, tx, shardings)
     batch = (_batch("motion", 4),)
     two_steps = lambda key: step(step(fresh(), batch, key)[0], batch, key)[0].params  # lr(0) = 0
@@ -214,10 +214,9 @@ def test_flat_state_step_equals_the_train_state_step_and_round_trips(setup):
   # The trainer's FlatStateStep must compute exactly the step it wraps, keep
   # every leaf's sharding, and rebuild the same TrainState from its leaves.
   config, mesh, tx, graphdef, _, shardings, init = setup
-  heads = HeadSettings(NAMES, (0.0,) * 3)
   lr = optim.learning_rate_schedule(config.optimizer, config.total_steps)
-  flat = FlatStateStep(bind_train_step(graphdef, tx, heads, (1.0,), lr), shardings,
-                       sharding.replicated(mesh))
+  flat = TrainStep(graphdef, tx, StepSettings(NAMES, (0.0,) * 3), lr, state_shardings=shardings,
+                   metrics_sharding=sharding.replicated(mesh))
   batches = (_batch("motion", 4),)
   expected_state, expected_metrics = _step_fn(setup, donate=False)(init(), batches,
                                                                    jax.random.key(0))

@@ -146,6 +146,11 @@ def augment_config(**overrides) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fields)
 
 
+def augment_of(dataset_config) -> ml_collections.ConfigDict:
+  """A dataset's `augment` block; the defaults for configs saved before it existed."""
+  return dataset_config.get("augment") or augment_config()
+
+
 def optimizer_config(**overrides) -> ml_collections.ConfigDict:
   """Warm-up + cosine schedule, AdamW or SGD, global-norm clipping (optim.py)."""
   fields = dict(

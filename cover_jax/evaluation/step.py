@@ -16,24 +16,21 @@ from cover_jax.evaluation import counts
 from cover_jax.input import device
 
 
-def multiview_eval_step(params, batch: dict, *, graphdef, heads, mean, std) -> dict:
+def multiview_eval_step(params, batch: dict, *, graphdef, mean, std) -> dict:
   """Counts for one batch {'video': uint8 (B, V, T, H, W, 3), 'label': (B,), 'mask': (B,)}.
 
-  `heads` is train_step.HeadSettings; the head is chosen by the batch's
-  `dataset_index` inside the step, as in training. `mean`/`std`: config.input's.
+  The head is chosen by the batch's `dataset_index` inside the step, as in
+  training (models/cover.py). `mean`/`std`: config.input's.
   """
   model = nnx.merge(graphdef, params)
   video = device.normalise(batch["video"], mean, std)
   b, v = video.shape[:2]
-  features = model.backbone(video.reshape((b * v,) + video.shape[2:]), deterministic=True)
+  clips = video.reshape((b * v,) + video.shape[2:])
 
-  def branch(i):
-    def f(features, labels):
-      logits = model.heads[heads.dataset_names[i]](features)
-      return counts.view_counts(logits.reshape(b, v, -1), labels, batch["mask"])
-    return f
-  branches = [branch(i) for i in range(len(heads.dataset_names))]
-  return jax.lax.switch(batch["dataset_index"], branches, features, batch["label"])
+  def view_counts(name, logits):
+    del name  # every head's logits are counted alike
+    return counts.view_counts(logits.reshape(b, v, -1), batch["label"], batch["mask"])
+  return model(clips, batch["dataset_index"], reduce=view_counts)
 
 
 def evaluate_dataset(eval_fn: Callable, params, batches, dataset_index: int,

@@ -309,8 +309,3 @@ RANDAUGMENT_OPS = {
     "translate_y": translate_y,
 }
 
-
-def config_of(dataset_cfg):
-  """The dataset's `augment` config; defaults for configs written before it existed."""
-  from cover_jax.config import defaults  # pylint: disable=import-outside-toplevel
-  return dataset_cfg.get("augment") or defaults.augment_config()

@@ -38,6 +38,7 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from cover_jax.config import defaults
 from cover_jax.input import augment, sources
 from cover_jax.evaluation import views
 
@@ -170,7 +171,7 @@ def centre_crop(clip, size: int) -> tf.Tensor:
 
 def _augment_train_clip(clip_thwc_uint8, cfg, seeds) -> tf.Tensor:
   """The dataset's training augmentation of one uint8 clip (augment.py)."""
-  return augment.train_augment(clip_thwc_uint8, augment.config_of(cfg), crop_size=cfg.crop_size,
+  return augment.train_augment(clip_thwc_uint8, defaults.augment_of(cfg), crop_size=cfg.crop_size,
                                flip=cfg.flip, crop_seed=seeds[0], flip_seed=seeds[1])
 
 

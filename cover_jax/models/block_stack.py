@@ -16,9 +16,9 @@ Two memory knobs live here, both per block:
   contract), so `stack_blocks` / `unstack_blocks` convert any tree that holds
   them (parameters, optimizer moments, whole train states) both ways.
 
-A block step is `step(block, carry, rngs) -> carry`: the carry is whatever the
-attention type threads through the blocks (cls and patch tokens, or one token
-array).
+A block step is `step(block, carry, layer_key, rate) -> carry` (`run_blocks`):
+the carry is whatever the attention type threads through the blocks (cls and
+patch tokens, or one token array).
 """
 
 from __future__ import annotations
@@ -58,40 +58,43 @@ def make_stacked(make_block: Callable[[nnx.Rngs], nnx.Module], depth: int,
 
 
 def run_blocks(step: Callable, blocks, carry, rngs: nnx.Rngs | None, *, remat: str,
-               scanned: bool):
-  """Applies `step` block after block (a Python loop, or `nnx.scan` if `scanned`)."""
+               scanned: bool, drop_path_rates=None):
+  """Applies `step` block after block (a Python loop, or `nnx.scan` if `scanned`).
+
+  `step(block, carry, layer_key, rate) -> carry`. Randomness is per layer and
+  the same in both forms: one key is drawn from `rngs`' dropout stream and
+  split into one key per layer (`layer_key`; None when `rngs` is None, i.e.
+  deterministic), so a scanned model draws exactly what the loop draws.
+  `rate` is None in the loop (each block holds its own, static, drop-path
+  rate); a scanned model's blocks are one module, so their rising stochastic
+  depth rates travel as a scanned input (`drop_path_rates`, one per layer).
+  """
   if remat not in REMAT_POLICIES:
     raise ValueError(f"remat {remat!r} not in {sorted(REMAT_POLICIES)}")
   step = _with_gathered_params(step)
   if remat != "none":
     step = nnx.remat(step, policy=REMAT_POLICIES[remat], prevent_cse=not scanned)
+  depth = _depth(blocks) if scanned else len(blocks)
+  keys = None if rngs is None else jax.random.split(rngs.dropout(), depth)
   if not scanned:
-    for block in blocks:
-      carry = step(block, carry, rngs)
+    for i, block in enumerate(blocks):
+      carry = step(block, carry, None if keys is None else keys[i], None)
     return carry
-  return _scan(step, blocks, carry, rngs)
+  rates = None if drop_path_rates is None else jnp.asarray(drop_path_rates, jnp.float32)
+
+  @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0), transform_metadata=_LAYERS)
+  def body(block, c, per_layer):
+    key, rate = per_layer
+    return step(block, c, key, rate), None
+  return body(blocks, carry, (keys, rates))[0]
 
 
 def _with_gathered_params(step):
   """`step` on a copy of the block whose parameters are gathered over `fsdp`."""
-  def gathered(block, carry, rngs):
+  def gathered(block, carry, layer_key, rate):
     graphdef, state = nnx.split(block)
-    return step(nnx.merge(graphdef, sharding.gather_fsdp(state)), carry, rngs)
+    return step(nnx.merge(graphdef, sharding.gather_fsdp(state)), carry, layer_key, rate)
   return gathered
-
-
-def _scan(step, blocks, carry, rngs):
-  if rngs is None:  # deterministic: nothing random to split per layer
-    body = nnx.scan(lambda block, c: (step(block, c, None), None),
-                    in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0), transform_metadata=_LAYERS)
-    return body(blocks, carry)[0]
-  depth = _depth(blocks)
-
-  @nnx.split_rngs(splits=depth)
-  @nnx.scan(in_axes=(0, nnx.Carry, 0), out_axes=(nnx.Carry, 0), transform_metadata=_LAYERS)
-  def body(block, c, layer_rngs):
-    return step(block, c, layer_rngs), None
-  return body(blocks, carry, rngs)[0]
 
 
 def _depth(blocks) -> int:

@@ -1,8 +1,17 @@
-"""CoVeR: one TimeSformer backbone, one classification head per dataset."""
+"""CoVeR: one TimeSformer backbone, one classification head per dataset.
+
+The only place that picks a dataset's head. With a dataset *name* the model
+returns that head's logits; with a traced dataset *index* (a batch's
+`dataset_index`) it runs `lax.switch` over the heads, so that datasets whose
+batches share a shape share one compiled step. Heads differ in class count,
+so each branch first reduces its logits with the caller's `reduce(name,
+logits)` to values of one shape (a loss, hit counts).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -41,11 +50,36 @@ class CoVeR(nnx.Module):
   def dataset_names(self) -> tuple[str, ...]:
     return tuple(sorted(self.heads.keys()))
 
-  def __call__(self, x_bthwc: jax.Array, dataset: str, *, deterministic: bool = True,
-               rngs: nnx.Rngs | None = None) -> jax.Array:
-    """Logits (B, classes of `dataset`) for a batch of clips of that dataset."""
+  def __call__(self, x_bthwc: jax.Array, dataset: str | jax.Array, *,
+               reduce: Callable | None = None, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None):
+    """Logits (B, classes of `dataset`) for a batch of clips of that dataset.
+
+    Args:
+      x_bthwc: float frames (B, T, H, W, 3), normalised.
+      dataset: a head's name, or an int32 index into `dataset_names` (may be traced).
+      reduce: `reduce(name, logits) -> values`; applied to the head's logits.
+        Needed with an index: every branch must return values of one shape.
+    """
     features_bd = self.backbone(x_bthwc, deterministic=deterministic, rngs=rngs)
-    return self.heads[dataset](features_bd).astype(jnp.float32)
+    return self.apply_head(features_bd, dataset, reduce)
+
+  def apply_head(self, features_bd: jax.Array, dataset: str | jax.Array,
+                 reduce: Callable | None = None):
+    """`dataset`'s head on backbone features (see `__call__`)."""
+    if isinstance(dataset, str):
+      logits = self.heads[dataset](features_bd).astype(jnp.float32)
+      return logits if reduce is None else reduce(dataset, logits)
+    if reduce is None:
+      raise ValueError("a dataset index selects the head inside a compiled step; heads differ "
+                       "in class count, so pass `reduce(name, logits)` to make their outputs "
+                       "alike")
+    branches = [functools.partial(self._reduced_logits, name, reduce)
+                for name in self.dataset_names]
+    return jax.lax.switch(dataset, branches, features_bd)
+
+  def _reduced_logits(self, name: str, reduce: Callable, features_bd: jax.Array):
+    return reduce(name, self.heads[name](features_bd).astype(jnp.float32))
 
 
 def build_model(model_config, num_classes: Mapping[str, int], rngs: nnx.Rngs) -> CoVeR:

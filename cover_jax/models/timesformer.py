@@ -134,12 +134,16 @@ def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
       bias_init=_zeros_init(("embed",)))
 
 
-def drop_path(x: jax.Array, rate: float, deterministic: bool,
-              rngs: nnx.Rngs | None) -> jax.Array:
-  """Stochastic depth: zeroes the whole residual of a random subset of clips."""
-  if deterministic or rate == 0.0:
+def drop_path(x: jax.Array, rate, deterministic: bool, rngs: nnx.Rngs | None) -> jax.Array:
+  """Stochastic depth: zeroes the whole residual of a random subset of clips.
+
+  `rate` is a Python float (a block's own) or a traced scalar (a scanned
+  block's, block_stack.run_blocks). The keys come from their own `droppath`
+  stream, so whether a rate-0 block draws one leaves dropout's keys alone.
+  """
+  if deterministic or (isinstance(rate, float) and rate == 0.0):
     return x
-  keep = jax.random.bernoulli(rngs.dropout(), 1.0 - rate, (x.shape[0],))
+  keep = jax.random.bernoulli(rngs.droppath(), 1.0 - rate, (x.shape[0],))
   keep = keep.reshape((-1,) + (1,) * (x.ndim - 1))
   return jnp.where(keep, x / (1.0 - rate), 0.0).astype(x.dtype)
 
@@ -283,37 +287,42 @@ class Block(nnx.Module):
     self.norm2 = _layer_norm(d, rngs)
     self.mlp = Mlp(d, dims.mlp_dim, dropout=dropout, dtype=dtype, rngs=rngs)
 
-  def _drop_path(self, x, deterministic, rngs):
-    return drop_path(x, self.drop_path_rate, deterministic, rngs)
+  def _drop_path(self, x, deterministic, rngs, rate):
+    return drop_path(x, self.drop_path_rate if rate is None else rate, deterministic, rngs)
 
-  def _mlp_residual(self, x, deterministic, rngs):
+  def _mlp_residual(self, x, deterministic, rngs, rate):
     return x + self._drop_path(self.mlp(self.norm2(x), deterministic=deterministic, rngs=rngs),
-                               deterministic, rngs)
+                               deterministic, rngs, rate)
 
-  def vit(self, tokens, axis: int, *, deterministic: bool, rngs):
-    """Plain pre-norm ViT block attending along `axis` (joint / space-only)."""
+  def vit(self, tokens, axis: int, *, deterministic: bool, rngs, rate=None):
+    """Plain pre-norm ViT block attending along `axis` (joint / space-only).
+
+    `rate`: the drop-path rate of a scanned block (None: this block's own).
+    """
     kw = dict(deterministic=deterministic, rngs=rngs)
-    tokens = tokens + self._drop_path(self.attn(self.norm1(tokens), axis, **kw), deterministic, rngs)
-    return self._mlp_residual(tokens, deterministic, rngs)
+    tokens = tokens + self._drop_path(self.attn(self.norm1(tokens), axis, **kw), deterministic,
+                                      rngs, rate)
+    return self._mlp_residual(tokens, deterministic, rngs, rate)
 
-  def divided(self, cls_bd, x_bntd, *, deterministic: bool, rngs):
-    """Divided space-time block on (cls, patch tokens)."""
+  def divided(self, cls_bd, x_bntd, *, deterministic: bool, rngs, rate=None):
+    """Divided space-time block on (cls, patch tokens); `rate` as in `vit`."""
     kw = dict(deterministic=deterministic, rngs=rngs)
     # (a) Temporal attention over T for each patch position; cls excluded.
     res_bntd = self.temporal_attn(self.temporal_norm1(x_bntd), 2, **kw)
-    res_md, lead = as_rows(self._drop_path(res_bntd, deterministic, rngs))
+    res_md, lead = as_rows(self._drop_path(res_bntd, deterministic, rngs, rate))
     res_bntd = self.temporal_fc(res_md).reshape(lead + res_md.shape[-1:])
     xt_bntd = x_bntd + res_bntd
     # (b) Spatial attention within each frame over [cls, N patches].
     b, _, t, d = xt_bntd.shape
     cls_b1td = jnp.broadcast_to(cls_bd[:, None, None, :], (b, 1, t, d)).astype(xt_bntd.dtype)
     xs_bntd = jnp.concatenate([cls_b1td, xt_bntd], axis=1)
-    res_bntd = self._drop_path(self.attn(self.norm1(xs_bntd), 1, **kw), deterministic, rngs)
+    res_bntd = self._drop_path(self.attn(self.norm1(xs_bntd), 1, **kw), deterministic, rngs, rate)
     cls_bd = cls_bd + res_bntd[:, 0].mean(axis=1)  # average cls over frames
     x_bntd = xt_bntd + res_bntd[:, 1:]
     x_bntd = sharding.constrain(x_bntd, ("batch", "length", "time", "act_embed"))
     # (c) MLP on every token.
-    return self._mlp_residual(cls_bd, deterministic, rngs), self._mlp_residual(x_bntd, deterministic, rngs)
+    return (self._mlp_residual(cls_bd, deterministic, rngs, rate),
+            self._mlp_residual(x_bntd, deterministic, rngs, rate))
 
 
 def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
@@ -334,11 +343,6 @@ class TimeSformer(nnx.Module):
       raise ValueError(f"attention_type {attention_type!r} not in {allowed.ATTENTION_TYPES}")
     if remat not in allowed.REMAT:
       raise ValueError(f"remat {remat!r} not in {allowed.REMAT}")
-    if scan_layers and stochastic_depth > 0:
-      # Scanned blocks share their static attributes; the per-layer rising
-      # drop-path rate is one of them.
-      raise ValueError("scan_layers needs stochastic_depth = 0 (per-layer drop-path "
-                       "rates differ, scanned blocks must be identical)")
     if image_size % dims.patch_size:
       raise ValueError(f"image_size {image_size} not divisible by patch size {dims.patch_size}")
     d, p = dims.width, dims.patch_size
@@ -362,10 +366,14 @@ class TimeSformer(nnx.Module):
     make_block = lambda rate, rngs: Block(
         dims, attention_type, dropout=dropout, attention_dropout=attention_dropout,
         drop_path_rate=float(rate), dtype=dtype, attention_impl=attention_impl, rngs=rngs)
+    # Stochastic depth rises linearly over the layers, from 0 at the first.
+    rates = tuple(float(r) for r in np.linspace(0.0, stochastic_depth, dims.depth))
+    # A scanned model's one block cannot hold per-layer rates: they are a
+    # scanned input instead (block_stack.run_blocks).
+    self.scanned_drop_path_rates = rates if scan_layers and stochastic_depth > 0 else None
     if scan_layers:  # one Block whose parameters carry a leading `layers` axis
       self.blocks = block_stack.make_stacked(lambda r: make_block(0.0, r), dims.depth, rngs)
     else:
-      rates = np.linspace(0.0, stochastic_depth, dims.depth)  # rising linearly over layers
       self.blocks = nnx.List([make_block(rate, rngs) for rate in rates])
     self.norm = _layer_norm(d, rngs)
 
@@ -425,11 +433,12 @@ class TimeSformer(nnx.Module):
     """All blocks on `carry` (loop or scan, remat per block: block_stack.py)."""
     attention_type = self.attention_type
 
-    def step(block, carry, rngs):  # positional only: nnx.remat maps arguments by position
-      return _block_step(block, carry, rngs, attention_type=attention_type,
+    def step(block, carry, layer_key, rate):  # positional: nnx.remat maps arguments by position
+      return _block_step(block, carry, layer_key, rate, attention_type=attention_type,
                          deterministic=deterministic)
-    return block_stack.run_blocks(step, self.blocks, carry, rngs, remat=self.remat,
-                                  scanned=self.scan_layers)
+    return block_stack.run_blocks(step, self.blocks, carry, None if deterministic else rngs,
+                                  remat=self.remat, scanned=self.scan_layers,
+                                  drop_path_rates=self.scanned_drop_path_rates)
 
   def _space_only(self, cls_bd, x_bntd, deterministic, rngs):
     """Per-frame ViT; tokens averaged over frames before the final norm."""
@@ -441,9 +450,18 @@ class TimeSformer(nnx.Module):
     return tokens_bltd[:, 0].mean(axis=1)
 
 
-def _block_step(block: Block, carry, rngs, *, attention_type: str, deterministic: bool):
+def layer_rngs(layer_key: jax.Array | None) -> nnx.Rngs | None:
+  """A block's own streams from its layer key: dropout, and stochastic depth apart."""
+  if layer_key is None:
+    return None
+  return nnx.Rngs(dropout=jax.random.fold_in(layer_key, 0),
+                  droppath=jax.random.fold_in(layer_key, 1))
+
+
+def _block_step(block: Block, carry, layer_key, rate, *, attention_type: str,
+                deterministic: bool):
   """One block on the carry of `attention_type`, constrained at the block's output."""
-  kw = dict(deterministic=deterministic, rngs=rngs)
+  kw = dict(deterministic=deterministic, rngs=layer_rngs(layer_key), rate=rate)
   if attention_type == "space_only":  # carry: tokens (B, 1 + N, T, D), per-frame ViT
     return sharding.constrain(block.vit(carry, 1, **kw), ("batch", "length", "time", "act_embed"))
   cls_bd, x_bntd = carry

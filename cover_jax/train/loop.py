@@ -45,14 +45,14 @@ from jax.experimental import multihost_utils
 
 from cover_jax.checkpoint import manager
 from cover_jax.evaluation import step as eval_step, table
-from cover_jax.train import mixture, mixup, optim, state as train_state
+from cover_jax.train import mixture, optim, state as train_state
 from cover_jax.parallel import sharding
 from cover_jax.metrics import writers
 from cover_jax.train import nonfinite, preemption
 from cover_jax.checkpoint import resume_checks, workdir as workdir_checks
-from cover_jax.input import augment, device, pipeline, shards
+from cover_jax.input import device, pipeline, shards
 from cover_jax.pretrained import loader as pretrained_loader
-from cover_jax.train.step import FlatStateStep, HeadSettings, bind_train_step
+from cover_jax.train import step as train_step
 
 NonFiniteLossError = nonfinite.NonFiniteLossError
 
@@ -68,11 +68,11 @@ class _Run:
   workdir: str
   mesh: object
   specs: dict
-  heads: HeadSettings
+  names: tuple[str, ...]  # the datasets, sorted: the heads' order
   mixture: mixture.DatasetMixture
   state: object
   start_step: int
-  step_fn: FlatStateStep
+  step_fn: train_step.TrainStep
   eval_fn: object
   ckpt: manager.Checkpointer
   writer: object
@@ -137,7 +137,6 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
                jax.process_count(), jax.device_count(), dict(mesh.shape))
   specs = pipeline.prepare_datasets(config)
   names = tuple(sorted(specs))
-  heads = HeadSettings(names, tuple(float(specs[n].config.label_smoothing) for n in names))
   num_classes = {n: specs[n].config.num_classes for n in names}
   tx = optim.build_optimizer(config.optimizer, config.total_steps)
   graphdef, abstract, state_shardings = train_state.abstract_train_state(
@@ -165,33 +164,19 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
       state = pretrained_loader.init_state_from_pretrained(config, state, state_shardings.params)
   mix = mixture.DatasetMixture({n: specs[n].config.weight for n in names}, config.mixture,
                                config.seed)
-  names_per_step = mix.datasets_at(0)
-  step = bind_train_step(graphdef, tx, heads, mix.loss_weights(names_per_step),
-                         optim.learning_rate_schedule(config.optimizer, config.total_steps),
-                         nonfinite_config=config.nonfinite,
-                         micro_batches=config.grad_accum_steps,
-                         mixup=mixup.settings_from_configs(
-                             augment.config_of(specs[n].config) for n in names))
-  step = _normalising_inputs(step, config.input)
+  settings = train_step.StepSettings.from_config(config, names,
+                                                 mix.loss_weights(mix.datasets_at(0)))
   replicated = sharding.replicated(mesh)
-  step_fn = FlatStateStep(sharding.with_rules(step, rules), state_shardings, replicated)
+  step_fn = train_step.TrainStep(
+      graphdef, tx, settings, optim.learning_rate_schedule(config.optimizer, config.total_steps),
+      state_shardings=state_shardings, metrics_sharding=replicated, rules=rules)
   eval_fn = jax.jit(sharding.with_rules(functools.partial(
-      eval_step.multiview_eval_step, graphdef=graphdef, heads=heads,
+      eval_step.multiview_eval_step, graphdef=graphdef,
       mean=tuple(config.input.mean), std=tuple(config.input.std)), rules),
                     out_shardings=replicated)
   writer = writers.create_writer(workdir, jax.process_index())
-  return _Run(config, workdir, mesh, specs, heads, mix, state, start_step, step_fn, eval_fn,
+  return _Run(config, workdir, mesh, specs, names, mix, state, start_step, step_fn, eval_fn,
               ckpt, writer, resumed_meta=resumed_meta, rules=rules)
-
-
-def _normalising_inputs(step, input_config):
-  """`step` taking uint8 clips: normalised inside the same jitted step (pipeline.train_dataset)."""
-  mean, std = tuple(input_config.mean), tuple(input_config.std)
-
-  def normalised_step(state, batches, rng):
-    batches = tuple({**b, "video": device.normalise(b["video"], mean, std)} for b in batches)
-    return step(state, batches, rng)
-  return normalised_step
 
 
 def _input_positions(run: _Run) -> dict[str, int]:
@@ -269,7 +254,7 @@ def _train_loop(run: _Run) -> dict[str, float]:
   cfg = run.config
   positions = _input_positions(run)
   iterators = _train_iterators(run, positions)
-  index = {name: i for i, name in enumerate(run.heads.dataset_names)}
+  index = {name: i for i, name in enumerate(run.names)}
   rng = jax.random.key(cfg.seed + 1)
   tracked = _TrainMetrics(nonfinite.NonFiniteMonitor(
       cfg.nonfinite, (run.resumed_meta or {}).get("nonfinite")))
@@ -278,7 +263,7 @@ def _train_loop(run: _Run) -> dict[str, float]:
   pending = None
   last_log = (run.start_step, time.monotonic())
   saved = run.start_step  # on disk, or (step 0) reproducible from the seed
-  # Between steps the state is a flat list of arrays (FlatStateStep);
+  # Between steps the state is a flat list of arrays (train_step.TrainStep);
   # `run.state` is rebuilt from it only where a TrainState is needed.
   leaves = run.step_fn.flatten(run.state)
   with jax.set_mesh(run.mesh), preemption.PreemptionWatch() as preempt:
@@ -372,7 +357,7 @@ def _log_train(run: _Run, tracked: _TrainMetrics, done: int, last_log):
   eta = (run.config.total_steps - done) / max(steps_per_sec, 1e-9)
   per_dataset = "  ".join(
       f"{n}: loss {scalars[f'train/{n}/loss']:.3f} top1 {scalars[f'train/{n}/top1']:.2f}"
-      for n in run.heads.dataset_names if f"train/{n}/loss" in scalars)
+      for n in run.names if f"train/{n}/loss" in scalars)
   if jax.process_index() == 0:
     print(f"step {done}/{run.config.total_steps}  {per_dataset}  "
           f"| {steps_per_sec:.2f} steps/s, ETA {eta:.0f}s", flush=True)
@@ -383,7 +368,7 @@ def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
   results = {}
   to_device = functools.partial(device.to_device, run.mesh, rules=run.rules)
   with jax.set_mesh(run.mesh):
-    for i, name in enumerate(run.heads.dataset_names):
+    for i, name in enumerate(run.names):
       if not run.specs[name].config.eval_split:
         continue  # e.g. ImageNet-21k: no held-out split
       if name not in run.eval_datasets:

@@ -1,19 +1,20 @@
-"""The pure training step (its evaluation counterpart: evaluation/step.py).
+"""The pure training step, its settings, and its one compiled form.
 
-`train_step(state, batches, rng) -> (state, metrics)` is a plain function of
-arrays: the model's graph definition, the optimizer and the per-dataset loss
-settings are bound with `functools.partial`, and the trainer jits it once.
+`train_step(state, batches, rng, *, graphdef, tx, settings, learning_rate_fn)`
+is a plain function of arrays. Everything it does besides the loss and the
+update is decided by `StepSettings`, which `StepSettings.from_config` builds
+from a config in one place: per-dataset label smoothing and mixup/cutmix,
+the loss weights of the mixture, input normalisation, gradient accumulation
+and the non-finite policy. `TrainStep` is the one compiled form the trainer
+and the benchmarks run: jitted once per input shape, under the run's sharding
+rules, with the state crossing the jit boundary as a flat list of arrays.
 
-The head is chosen *inside* the step with `lax.switch` on the batch's
-`dataset_index`, so datasets whose batches have the same shape share one
+The head is chosen inside the step by the batch's `dataset_index`
+(models/cover.py), so datasets whose batches have the same shape share one
 compiled step: a run compiles once per distinct input shape (e.g. once for
-8-frame clips, once for T=1 images), however many datasets it mixes.
-
-A step takes a tuple of per-dataset batches: one in 'sample' mixture mode, one
-per dataset in 'all' mode, with the loss a weighted sum.
-
-Mixup / cutmix (mixup.py), where a dataset's config turns them on, mix each
-batch inside the step, before the loss; the loss then uses soft targets.
+8-frame clips, once for T=1 images), however many datasets it mixes. A step
+takes a tuple of per-dataset batches: one in 'sample' mixture mode, one per
+dataset in 'all' mode, with the loss a weighted sum.
 """
 
 from __future__ import annotations
@@ -27,15 +28,45 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from cover_jax.config import defaults
+from cover_jax.input import device
+from cover_jax.parallel import sharding
 from cover_jax.train import grad_accum, mixup as mixup_lib, nonfinite
 from cover_jax.train.state import TrainState
 
 
 @flax.struct.dataclass(frozen=True)
-class HeadSettings:
-  """Static, per-dataset loss settings, in `dataset_names` order."""
+class StepSettings:
+  """Everything static that shapes a step besides the model and optimizer.
+
+  Per-dataset entries follow `dataset_names` (sorted, the heads' order).
+  """
   dataset_names: tuple[str, ...] = flax.struct.field(pytree_node=False)
   label_smoothing: tuple[float, ...] = flax.struct.field(pytree_node=False)
+  # Loss weight of each batch of a step (the mixture's; 1.0 each in 'sample' mode).
+  loss_weights: tuple[float, ...] = flax.struct.field(pytree_node=False, default=(1.0,))
+  mixup: mixup_lib.MixupSettings | None = flax.struct.field(pytree_node=False, default=None)
+  # (mean, std) per channel: uint8 frames are normalised inside the step
+  # (device.normalise); None: the batches already hold normalised floats.
+  normalise: tuple | None = flax.struct.field(pytree_node=False, default=None)
+  micro_batches: int = flax.struct.field(pytree_node=False, default=1)
+  skip_nonfinite: bool = flax.struct.field(pytree_node=False, default=False)
+  inject_nonfinite_at_step: int = flax.struct.field(pytree_node=False, default=-1)
+
+  @classmethod
+  def from_config(cls, config, dataset_names: Sequence[str],
+                  loss_weights: Sequence[float]) -> StepSettings:
+    """The settings of `config`'s run over `dataset_names` (sorted)."""
+    datasets = [config.datasets[n] for n in dataset_names]
+    return cls(
+        dataset_names=tuple(dataset_names),
+        label_smoothing=tuple(float(ds.label_smoothing) for ds in datasets),
+        loss_weights=tuple(float(w) for w in loss_weights),
+        mixup=mixup_lib.settings_from_configs(defaults.augment_of(ds) for ds in datasets),
+        normalise=(tuple(config.input.mean), tuple(config.input.std)),
+        micro_batches=int(config.grad_accum_steps),
+        skip_nonfinite=config.nonfinite.policy == "skip",
+        inject_nonfinite_at_step=int(config.nonfinite.inject_at_step))
 
 
 def classification_loss(logits, labels, label_smoothing: float, labels_mix=None,
@@ -47,7 +78,7 @@ def classification_loss(logits, labels, label_smoothing: float, labels_mix=None,
   """
   if labels_mix is not None:
     targets = mixup_lib.soft_targets(labels, labels_mix, mix_weight, logits.shape[-1],
-                                 label_smoothing)
+                                     label_smoothing)
     labels = mixup_lib.dominant_label(labels, labels_mix, mix_weight)
   else:
     targets = jax.nn.one_hot(labels, logits.shape[-1])
@@ -58,30 +89,18 @@ def classification_loss(logits, labels, label_smoothing: float, labels_mix=None,
   return loss, top1
 
 
-_TARGET_KEYS = ("label", "label_mix", "mix_weight")
-
-
-def _head_loss(model, features_bd, batch: dict, heads: HeadSettings):
-  """Loss and top-1 through the head of the batch's dataset (`lax.switch`)."""
-  targets = {k: batch[k] for k in _TARGET_KEYS if k in batch}
-
-  def branch(i):
-    def f(features, t):
-      logits = model.heads[heads.dataset_names[i]](features)
-      return classification_loss(logits, t["label"], heads.label_smoothing[i],
-                                 t.get("label_mix"), t.get("mix_weight"))
-    return f
-  branches = [branch(i) for i in range(len(heads.dataset_names))]
-  return jax.lax.switch(batch["dataset_index"], branches, features_bd, targets)
-
-
-def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings, poison=1.0):
+def _loss_fn(params, graphdef, batches, rng, settings: StepSettings, poison=1.0):
   model = nnx.merge(graphdef, params)
+  smoothing = dict(zip(settings.dataset_names, settings.label_smoothing))
   total, losses, top1s = 0.0, [], []
-  for i, (batch, weight) in enumerate(zip(batches, loss_weights)):
+  for i, (batch, weight) in enumerate(zip(batches, settings.loss_weights)):
     rngs = nnx.Rngs(dropout=jax.random.fold_in(rng, i))
-    features = model.backbone(batch["video"], deterministic=False, rngs=rngs)
-    loss, top1 = _head_loss(model, features, batch, heads)
+
+    def loss_of(name, logits, batch=batch):
+      return classification_loss(logits, batch["label"], smoothing[name],
+                                 batch.get("label_mix"), batch.get("mix_weight"))
+    loss, top1 = model(batch["video"], batch["dataset_index"], reduce=loss_of,
+                       deterministic=False, rngs=rngs)
     loss = loss * poison  # exactly 1.0 unless nonfinite.inject_at_step (nonfinite.py)
     total += weight * loss
     losses.append(loss)
@@ -89,38 +108,38 @@ def _loss_fn(params, graphdef, batches, loss_weights, rng, heads: HeadSettings, 
   return total, (jnp.stack(losses), jnp.stack(top1s))
 
 
-def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *,
-               graphdef, tx: optax.GradientTransformation, heads: HeadSettings,
-               loss_weights: tuple[float, ...], learning_rate_fn, micro_batches: int = 1,
-               skip_nonfinite: bool = False, inject_nonfinite_at_step: int = -1,
-               mixup: mixup_lib.MixupSettings | None = None):
+def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *, graphdef,
+               tx: optax.GradientTransformation, settings: StepSettings, learning_rate_fn):
   """One optimizer step on `batches` (a tuple of per-dataset batches).
 
-  Each batch is {'video': (B, T, H, W, 3) float, 'label': (B,) int,
-  'dataset_index': () int32 index into `heads.dataset_names`}.
-  Metrics hold the total loss, per-batch losses and top-1, the gradient norm
-  and the learning rate; the host maps per-batch entries to dataset names.
-  With `micro_batches` = k > 1 the gradients are accumulated over k slices of
-  every batch (grad_accum.py); the step's result is the same up to float order.
-  With `skip_nonfinite`, a step whose loss or gradient is not finite leaves
-  params and optimizer state unchanged (the step counter still advances).
-  With `mixup` (per-dataset settings, mixup.py) every batch is mixed first,
-  with an RNG folded from the step's; `None` or all-off settings leave the
-  step exactly as without.
+  Each batch is {'video': (B, T, H, W, 3) uint8 (float if `settings.normalise`
+  is None), 'label': (B,) int, 'dataset_index': () int32 index into
+  `settings.dataset_names`}. Metrics hold the total loss, per-batch losses and
+  top-1, the gradient norm and the learning rate; the host maps per-batch
+  entries to dataset names. In order: normalise; mixup/cutmix where a
+  dataset's settings turn them on (with an RNG folded from the step's, so a
+  resumed run mixes as an uninterrupted one; all-off settings leave the step
+  exactly as without); loss and gradients, accumulated over
+  `settings.micro_batches` slices of every batch (grad_accum.py: the same
+  result up to float order); the update, dropped on device for a non-finite
+  step when `settings.skip_nonfinite` (the step counter still advances).
   """
   step_rng = jax.random.fold_in(rng, state.step)
-  if mixup is not None and mixup.enabled:
+  if settings.normalise is not None:
+    mean, std = settings.normalise
+    batches = tuple({**b, "video": device.normalise(b["video"], mean, std)} for b in batches)
+  if settings.mixup is not None and settings.mixup.enabled:
     batches = mixup_lib.mix_batches(batches, jax.random.fold_in(step_rng, mixup_lib.MIX_STREAM),
-                                    mixup)
-  poison = nonfinite.poison_factor(state.step, inject_nonfinite_at_step)
-  loss_fn = lambda params, batches, rng: _loss_fn(params, graphdef, batches, loss_weights,
-                                                   rng, heads, poison)
-  grad_fn = grad_accum.value_and_grad(loss_fn, micro_batches)
+                                    settings.mixup)
+  poison = nonfinite.poison_factor(state.step, settings.inject_nonfinite_at_step)
+  loss_fn = lambda params, batches, rng: _loss_fn(params, graphdef, batches, rng, settings,
+                                                   poison)
+  grad_fn = grad_accum.value_and_grad(loss_fn, settings.micro_batches)
   (loss, (losses, top1s)), grads = grad_fn(state.params, tuple(batches), step_rng)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   grad_norm = optax.tree.norm(grads)
-  if skip_nonfinite:
+  if settings.skip_nonfinite:
     finite = nonfinite.all_finite(loss, grad_norm)
     params, opt_state = nonfinite.keep_if_finite(finite, (params, opt_state),
                                                  (state.params, state.opt_state))
@@ -130,37 +149,34 @@ def train_step(state: TrainState, batches: Sequence[dict], rng: jax.Array, *,
   return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def bind_train_step(graphdef, tx, heads: HeadSettings, loss_weights, learning_rate_fn,
-                    nonfinite_config=None, micro_batches: int = 1,
-                    mixup: mixup_lib.MixupSettings | None = None):
-  """`train_step` with its constants bound; `nonfinite_config` is `config.nonfinite`."""
-  extra = {"mixup": mixup}
-  if nonfinite_config is not None:
-    extra = dict(skip_nonfinite=nonfinite_config.policy == "skip",
-                 inject_nonfinite_at_step=int(nonfinite_config.inject_at_step))
-  return functools.partial(train_step, graphdef=graphdef, tx=tx, heads=heads,
-                           loss_weights=tuple(loss_weights), learning_rate_fn=learning_rate_fn,
-                           micro_batches=micro_batches, **extra)
+def bind(graphdef, tx, settings: StepSettings, learning_rate_fn):
+  """`train_step` with its constants bound: a function (state, batches, rng) to jit."""
+  return functools.partial(train_step, graphdef=graphdef, tx=tx, settings=settings,
+                           learning_rate_fn=learning_rate_fn)
 
 
-class FlatStateStep:
-  """A jitted train step that takes and returns the state as a flat list of arrays.
+class TrainStep:
+  """`train_step` compiled: jitted under the sharding rules, the state as a flat list of arrays.
 
   A TrainState's parameters and optimizer moments are NNX Variables: passing
   the state itself through `jax.jit` flattens its ~270 leaves in Python and
   rebuilds them every step (about 0.4 + 1.3 ms of host time). A list of
   arrays crosses the jit boundary in C++. The loop keeps the list between
   steps and builds a TrainState only where one is needed (checkpoints,
-  evaluation): about 5% of an image step on a CPU host (benchmarks/NOTES.md).
+  evaluation): about 5% of an image step on a CPU host (docs/performance.md).
+  The list is donated: its buffers become the next step's state.
   """
 
-  def __init__(self, step, state_shardings, metrics_sharding):
+  def __init__(self, graphdef, tx, settings: StepSettings, learning_rate_fn, *,
+               state_shardings, metrics_sharding, rules: sharding.Rules = sharding.LOGICAL_AXIS_RULES):
+    step = bind(graphdef, tx, settings, learning_rate_fn)
     leaf_shardings, self.treedef = jax.tree.flatten(state_shardings)
+    self.settings = settings
 
     def flat_step(leaves, batches, rng):
-      state, metrics = step(jax.tree.unflatten(self.treedef, leaves), batches, rng)
+      with nnx.logical_axis_rules(rules):  # `sharding.constrain` inside reads them
+        state, metrics = step(jax.tree.unflatten(self.treedef, leaves), batches, rng)
       return jax.tree.leaves(state), metrics
-    # The list is donated: its buffers become the next step's state.
     self.jitted = jax.jit(flat_step, out_shardings=(leaf_shardings, metrics_sharding),
                           donate_argnums=0)
 
