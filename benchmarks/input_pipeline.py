@@ -10,7 +10,7 @@ on `--cores` tf.data threads:
                    224^2, random clip, crop, flip, batch of uint8 clips; the
                    trainer normalises on the devices) and the same cut short
                    after each stage, to show where the time goes
-  eval             pipeline.eval_dataset with K clips x S crops per video;
+  eval             evaluation/dataset.py eval_dataset with K clips x S crops per video;
                    a clip here is one view (8 frames at 224^2)
 
   python benchmarks/input_pipeline.py               # about a minute on 2 cores
@@ -35,6 +35,7 @@ import tensorflow as tf  # noqa: E402
 
 from cover_jax.config import defaults  # noqa: E402
 from cover_jax.prepare import dmvr_format  # noqa: E402
+from cover_jax.evaluation import dataset as eval_data  # noqa: E402
 from cover_jax.input import pipeline, sources  # noqa: E402
 
 HEIGHT, WIDTH, CLIP_FRAMES, CROP = 256, 340, 8, 224
@@ -152,7 +153,7 @@ def main() -> None:
       per_element = args.batch if stage == "full" else 1
       rows.append((label, clips_per_second(train_stage(spec, stage, args.cores), per_element,
                                            args.seconds)))
-    eval_ds, _ = pipeline.eval_dataset(spec)
+    eval_ds, _ = eval_data.eval_dataset(spec)
     eval_ds = _threaded(eval_ds.repeat(), args.cores)
     rows.append((f"eval pipeline ({clips}x{crops} views; a clip = a view)",
                  clips_per_second(eval_ds, 4 * clips * crops, args.seconds)))

@@ -31,7 +31,6 @@ import sys
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from absl import app, flags, logging
 from flax import nnx
 
@@ -71,7 +70,7 @@ def _variant_for(dims, table) -> tuple[str, dict]:
       width=dims.width, depth=dims.depth, num_heads=dims.num_heads, mlp_dim=dims.mlp_dim)
 
 
-def build_config(weights, model_config, head_name: str | None, *, stride=None, fps=None):
+def build_config(weights, model_config, head_name: str | None, *, stride=None):
   """The full config of a converted checkpoint: model, input normalisation, one entry per head."""
   config = defaults.base_config()
   config.model = model_config
@@ -79,11 +78,10 @@ def build_config(weights, model_config, head_name: str | None, *, stride=None, f
   # An image model's head classifies images: 1-frame clips.
   frames = 1 if weights.is_image_model else model_config.num_frames
   for head in weights.head_names():
-    config.datasets[head_name if head == "head" and head_name else head] = ml_collections.ConfigDict(dict(
+    config.datasets[head_name if head == "head" and head_name else head] = defaults.dataset_config(
         source="", num_classes=weights.num_classes(head), num_frames=frames,
         stride=1 if frames == 1 else stride or weights.info.stride or DEFAULT_STRIDE,
-        fps=fps or DEFAULT_FPS, crop_size=model_config.image_size,
-        eval_short_side=model_config.image_size))
+        crop_size=model_config.image_size, eval_short_side=model_config.image_size)
   return config
 
 
@@ -105,14 +103,17 @@ def convert(input_path: str, output: str, *, fmt: str = "auto", num_heads=None, 
     raise ValueError(f"{input_path} is already an Orbax checkpoint of ours; use it as it is.")
   head_name = dataset or _dataset_name(weights.info.dataset)
   model_config = model_config_for(weights, num_frames=num_frames, image_size=image_size)
-  config = build_config(weights, model_config, head_name, stride=stride, fps=fps)
+  config = build_config(weights, model_config, head_name, stride=stride)
   num_classes = {name: ds.num_classes for name, ds in config.datasets.items()}
   head_map = {head_name: "head"} if "head" in weights.head_names() else {}
   arrays, report = fit.fit(weights, loader.model_param_shapes(model_config, num_classes),
                            heads="all", head_map=head_map, model_dims=cover.model_dims(model_config))
   class_names = {(head_name if h == "head" else h): names
                  for h, names in weights.info.class_names.items() if h in weights.head_names()}
-  meta = {"step": 0, "config": config.to_json(), "class_names": class_names,
+  # How predict decodes a video for these heads: at `fps`, short side at the model's size.
+  prepared = {name: {"fps": fps or DEFAULT_FPS, "short_side": model_config.image_size,
+                     "jpeg_quality": None} for name in config.datasets}
+  meta = {"step": 0, "config": config.to_json(), "class_names": class_names, "prepared": prepared,
           "converted_from": {"path": os.path.abspath(input_path), "format": weights.format,
                              "num_heads_from": weights.info.heads_from, "report": report.summary()}}
   _write(output, _params_tree(arrays, model_config, num_classes), config, meta)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from cover_jax.evaluation import dataset as eval_data
 from cover_jax.input import augment, pipeline
 
 
@@ -13,7 +14,8 @@ def specs(tiny_config):
 
 
 def _train_batches(spec, config, n, start_batch=0, **kw):
-  ds = pipeline.train_dataset(spec, global_seed=config.seed, start_batch=start_batch, **kw)
+  start = start_batch * spec.config.batch_size // kw.get("num_shards", 1)
+  ds = pipeline.train_dataset(spec, global_seed=config.seed, start_position=start, **kw)
   return [b for _, b in zip(range(n), ds.as_numpy_iterator())]
 
 
@@ -69,11 +71,6 @@ def test_clip_indices_loop_short_videos():
   np.testing.assert_array_equal(pipeline.clip_indices(16, 4, 2, 3).numpy(), [3, 5, 7, 9])
 
 
-def test_centre_crop():
-  clip = tf.reshape(tf.range(3 * 6 * 6 * 3), (3, 6, 6, 3))
-  np.testing.assert_array_equal(pipeline.centre_crop(clip, 4).numpy(), clip.numpy()[:, 1:5, 1:5])
-
-
 def test_segment_sampling_takes_one_frame_per_segment():
   np.testing.assert_array_equal(pipeline.segment_indices(16, 4, 0.5).numpy(), [2, 6, 10, 14])
   np.testing.assert_array_equal(pipeline.segment_indices(3, 4, 0.5).numpy(), [0, 1, 1, 2])
@@ -121,14 +118,14 @@ def test_flip_policy(specs, tiny_config):
 
 def test_eval_covers_every_test_video_once(specs, tiny_config):
   spec = specs["appearance"]
-  ds, num_batches = pipeline.eval_dataset(spec)
+  ds, num_batches = eval_data.eval_dataset(spec)
   batches = list(ds.as_numpy_iterator())
   assert len(batches) == num_batches
   assert sum(int(b["mask"].sum()) for b in batches) == spec.num_test_examples
   # Two processes: equal batch counts, together every example once.
   counts = []
   for index in range(2):
-    ds, n = pipeline.eval_dataset(spec, shard_index=index, num_shards=2)
+    ds, n = eval_data.eval_dataset(spec, shard_index=index, num_shards=2)
     b = list(ds.as_numpy_iterator())
     counts.append((n, len(b), sum(int(x["mask"].sum()) for x in b)))
   assert counts[0][0] == counts[1][0] == counts[0][1] == counts[1][1]
@@ -137,6 +134,6 @@ def test_eval_covers_every_test_video_once(specs, tiny_config):
 
 def test_eval_is_deterministic(specs, tiny_config):
   spec = specs["motion"]
-  runs = [list(pipeline.eval_dataset(spec)[0].as_numpy_iterator()) for _ in range(2)]
+  runs = [list(eval_data.eval_dataset(spec)[0].as_numpy_iterator()) for _ in range(2)]
   for x, y in zip(*runs):
     np.testing.assert_array_equal(x["video"], y["video"])

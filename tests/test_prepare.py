@@ -210,7 +210,7 @@ def test_flag_errors_name_the_flag_the_value_and_the_fix(tmp_path):
 
 def test_the_command_line_with_two_workers(raw, tmp_path):
   out = tmp_path / "ds"
-  command = [sys.executable, "-m", "cover_jax.prepare.cli", "--format=folder",
+  command = [sys.executable, "-m", "cover_jax.prepare", "--format=folder",
              f"--video_root={raw / 'folder'}", f"--output_dir={out}", "--split=train",
              "--fps=10", "--short_side=16", "--num_shards=2", "--workers=2"]
   result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)

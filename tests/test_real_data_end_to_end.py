@@ -1,11 +1,17 @@
-"""End to end on real video files: prepare -> read -> train a few steps -> multi-view eval."""
+"""End to end on real video files: prepare -> read -> train a few steps -> multi-view eval -> predict."""
 
 import json
 import subprocess
 import sys
 
+import jax
+import numpy as np
+
+from cover_jax import predict
+from cover_jax.evaluation import dataset as eval_data, step as eval_step
+from cover_jax.input import pipeline
+from cover_jax.prepare import cli as prepare_cli, dmvr_format, video_records
 from cover_jax.train import loop
-from cover_jax.prepare import cli as prepare_cli, video_records
 from tests import video_collections
 from tests.helpers import REPO, load_config
 
@@ -13,7 +19,9 @@ from tests.helpers import REPO, load_config
 def test_prepare_read_train_and_evaluate_multi_view(tmp_path):
   raw = video_collections.write_collection(tmp_path / "raw")
   data = tmp_path / "k400"
-  settings = video_records.EncodeSettings(fps=10, short_side=16, jpeg_quality=90)
+  # Stored frames larger than the 16-px crop: evaluation crops them as stored
+  # (eval_short_side 0), and predict must do the same.
+  settings = video_records.EncodeSettings(fps=10, short_side=24, jpeg_quality=90)
   for split in ("train", "validation"):  # the same 4 videos (+1 corrupt, skipped by prepare)
     entry = prepare_cli.prepare(prepare_cli.PrepareOptions(
         format="folder", output_dir=str(data), split=split, video_root=str(raw / "folder"),
@@ -37,6 +45,22 @@ def test_prepare_read_train_and_evaluate_multi_view(tmp_path):
   # --mode=eval: the checkpoint gives the same numbers.
   again = loop.evaluate_checkpoint(config, str(workdir))
   assert again["k400"] == result
+
+  # predict on each test video file gives the video-level logits evaluation computes for it.
+  ckpt = predict.load(str(workdir))
+  assert ckpt.prepared["k400"] == {"fps": 10.0, "short_side": 24, "jpeg_quality": 90}
+  spec = pipeline.prepare_datasets(config)["k400"]
+  names = [dmvr_format.parse_clip(raw)["filename"].numpy().decode()
+           for raw in spec.source.read("validation", 0, 1)]
+  forward = jax.jit(lambda params, batch: eval_step.view_logits(
+      params, batch, graphdef=ckpt.graphdef, dataset="k400", mean=tuple(config.input.mean),
+      std=tuple(config.input.std)))
+  batches = eval_data.eval_dataset(spec)[0].as_numpy_iterator()
+  video_logits = np.concatenate([np.asarray(forward(ckpt.params, {"video": b["video"]})).mean(1)
+                                 for b in batches])
+  for i, name in enumerate(names):
+    got = predict.predict(str(workdir), str(raw / "folder" / name), "k400")["k400"]
+    np.testing.assert_allclose(got.logits, video_logits[i], rtol=1e-5, atol=1e-5)
 
 
 def test_main_stops_with_status_6_naming_a_dataset_without_records(tmp_path):

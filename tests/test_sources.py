@@ -10,6 +10,7 @@ import tensorflow_datasets as tfds
 
 from cover_jax.config import defaults
 from cover_jax.prepare import class_list, image_index
+from cover_jax.evaluation import dataset as eval_data
 from cover_jax.input import pipeline, sources
 from tests import data_files
 
@@ -49,7 +50,7 @@ def test_dmvr_records_train_and_eval(tmp_path):
   for batch in _train(spec, 3):
     assert batch["video"].shape == (4, 4, 16, 16, 3)
     _assert_labels_match_pixels(batch)
-  ds, num_batches = pipeline.eval_dataset(spec)
+  ds, num_batches = eval_data.eval_dataset(spec)
   batches = list(ds.as_numpy_iterator())
   assert num_batches == len(batches) == 2
   assert batches[0]["video"].shape == (2, 6, 4, 16, 16, 3)  # 2 videos x (2 clips x 3 crops)
@@ -67,7 +68,7 @@ def test_image_folder_is_one_frame_videos_with_sorted_folder_classes(tmp_path):
   batch = _train(spec, 1)[0]
   assert batch["video"].shape == (4, 1, 16, 16, 3)
   _assert_labels_match_pixels(batch)
-  (evaluated,) = pipeline.eval_dataset(spec)[0].as_numpy_iterator()
+  (evaluated,) = eval_data.eval_dataset(spec)[0].as_numpy_iterator()
   assert sorted(evaluated["label"].tolist()) == [0, 1, 2]
 
 
@@ -195,7 +196,8 @@ def test_restart_at_the_recorded_stream_position_is_exact_despite_skips(tmp_path
     got = next(resumed)
     np.testing.assert_array_equal(got["video"], want["video"])
     np.testing.assert_array_equal(got["label"], want["label"])
-  by_batches = stream(start_batch=3)
+  # Counting batches instead of stream positions would restart at the wrong record.
+  by_batches = stream(start_position=3 * 3)
   assert not np.array_equal(next(by_batches)["video"], expected[3]["video"])
 
 
@@ -221,7 +223,7 @@ def test_skipped_eval_videos_are_counted_and_padded(tmp_path):
                         extra=_bad_records())
   spec = _specs({"d": _video_cfg(tmp_path, eval_batch_size=4)})["d"]
   assert spec.num_test_examples == 6
-  ds, num_batches = pipeline.eval_dataset(spec)
+  ds, num_batches = eval_data.eval_dataset(spec)
   batches = list(ds.as_numpy_iterator())
   assert num_batches == len(batches) == 2
   assert sum(int(b["mask"].sum()) for b in batches) == 3  # the 3 bad ones became padding

@@ -153,15 +153,6 @@ def _check_scale(config, num_devices: int, model_ok: bool) -> list[str]:
     out.append(_problem("model.remat", model.remat,
                         f"allowed: {', '.join(allowed.REMAT)}",
                         "--config.model.remat=full"))
-  if model.scan_layers and model.stochastic_depth > 0:
-    out.append(_problem("model.scan_layers", True,
-                        "scanned blocks must be identical, but stochastic depth gives every "
-                        f"layer its own drop-path rate (stochastic_depth={model.stochastic_depth})",
-                        "--config.model.scan_layers=False or --config.model.stochastic_depth=0"))
-  if model.scan_layers and config.get("init_from"):
-    out.append(_problem("model.scan_layers", True,
-                        "init_from loads pretrained weights into per-block parameters, not "
-                        "stacked ones", "--config.model.scan_layers=False for the fine-tuning run"))
   k = config.grad_accum_steps
   if k < 1:
     out.append(_problem("grad_accum_steps", k, "must be >= 1", "--config.grad_accum_steps=1"))

@@ -23,14 +23,29 @@ def multiview_eval_step(params, batch: dict, *, graphdef, mean, std) -> dict:
   training (models/cover.py). `mean`/`std`: config.input's.
   """
   model = nnx.merge(graphdef, params)
-  video = device.normalise(batch["video"], mean, std)
-  b, v = video.shape[:2]
-  clips = video.reshape((b * v,) + video.shape[2:])
+  clips, (b, v) = _views_as_clips(batch["video"], mean, std)
 
   def view_counts(name, logits):
     del name  # every head's logits are counted alike
     return counts.view_counts(logits.reshape(b, v, -1), batch["label"], batch["mask"])
   return model(clips, batch["dataset_index"], reduce=view_counts)
+
+
+def view_logits(params, batch: dict, *, graphdef, dataset: str, mean, std) -> jax.Array:
+  """float32 (B, V, C): the logits of every view of a batch of videos through `dataset`'s head.
+
+  What `multiview_eval_step` counts, for one named head (predict uses it).
+  """
+  model = nnx.merge(graphdef, params)
+  clips, (b, v) = _views_as_clips(batch["video"], mean, std)
+  return model(clips, dataset).reshape(b, v, -1)
+
+
+def _views_as_clips(video_bvthwc, mean, std):
+  """uint8 (B, V, T, H, W, 3) -> normalised (B * V, T, H, W, 3) clips, and (B, V)."""
+  video = device.normalise(video_bvthwc, mean, std)
+  b, v = video.shape[:2]
+  return video.reshape((b * v,) + video.shape[2:]), (b, v)
 
 
 def evaluate_dataset(eval_fn: Callable, params, batches, dataset_index: int,

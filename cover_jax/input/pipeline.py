@@ -1,4 +1,8 @@
-"""One tf.data pipeline per dataset: encoded frames in, uint8 clip batches out.
+"""One tf.data training pipeline per dataset: encoded frames in, uint8 clip batches out.
+
+The eval input (every test video as its K x S views) is evaluation/dataset.py;
+the pieces both use (parsing and checking an example, decoding frames,
+resizing) are here.
 
 train: raw records (cached if configured) -> shuffle -> repeat -> number each
        example by its stream position -> [parse -> check label and frame count
@@ -7,17 +11,12 @@ train: raw records (cached if configured) -> shuffle -> repeat -> number each
        jitter / random resized crop, flip where allowed, RandAugment; one
        transform for the whole clip)] -> drop failures -> batch (uint8;
        normalised on the devices).
-eval:  every test video once -> [parse -> K evenly spaced clips (views.py) ->
-       decode their frames -> S crops each] -> batches of videos with all
-       K*S views, padded with a `mask` so every process runs the same number
-       of batches.
-
 Bad input is skipped and counted, never fatal: the bracketed map may fail on
 a corrupt JPEG, a zero-frame sequence, a label outside the class list or an
 unreadable file; `ignore_errors` drops that example. Train batches carry each
 example's stream position (`index`); the maps are deterministic, so a gap in
 the positions the host sees is a skipped example (`SkipCounter`). Eval counts
-skips as test videos expected but not seen.
+skips as test videos expected but not seen (evaluation/dataset.py).
 
 Images are videos with T=1. Randomness is stateless, seeded by (dataset seed,
 stream position), so a pipeline is deterministic for a seed and can restart at
@@ -40,7 +39,6 @@ import tensorflow as tf
 
 from cover_jax.config import defaults
 from cover_jax.input import augment, sources
-from cover_jax.evaluation import views
 
 AUTOTUNE = tf.data.AUTOTUNE
 DatasetError = sources.DatasetError
@@ -91,7 +89,7 @@ def dataset_seed(global_seed: int, name: str, shard_index: int) -> int:
   return (global_seed * 1_000_003 + zlib.crc32(name.encode()) + 7919 * shard_index) % (2 ** 31)
 
 
-def _checked(spec: DatasetSpec, raw) -> tuple[tf.Tensor, tf.Tensor]:
+def checked_example(spec: DatasetSpec, raw) -> tuple[tf.Tensor, tf.Tensor]:
   """(encoded frames, int32 label); fails (and so skips) zero-frame or mislabelled examples."""
   example = spec.source.parse(raw)
   encoded, label = example["encoded"], tf.cast(example["label"], tf.int32)
@@ -154,21 +152,6 @@ def train_frame_indices(num_available, cfg, seed) -> tf.Tensor:
   return clip_indices(num_available, cfg.num_frames, cfg.stride, start)
 
 
-def eval_frame_indices(num_available, cfg) -> tf.Tensor:
-  """int32 (K, T): the frames of the K evaluation clips (views.py; segment centres)."""
-  if cfg.get("sampling", "stride") == "segment":
-    return segment_indices(num_available, cfg.num_frames, 0.5)[None]
-  starts = views.clip_starts(num_available, cfg.num_frames, cfg.stride, cfg.eval_clips)
-  offsets = tf.range(cfg.num_frames) * cfg.stride
-  return tf.math.floormod(starts[:, None] + offsets[None, :], num_available)
-
-
-def centre_crop(clip, size: int) -> tf.Tensor:
-  shape = tf.shape(clip)
-  top, left = (shape[1] - size) // 2, (shape[2] - size) // 2
-  return clip[:, top:top + size, left:left + size, :]
-
-
 def _augment_train_clip(clip_thwc_uint8, cfg, seeds) -> tf.Tensor:
   """The dataset's training augmentation of one uint8 clip (augment.py)."""
   return augment.train_augment(clip_thwc_uint8, defaults.augment_of(cfg), crop_size=cfg.crop_size,
@@ -180,7 +163,7 @@ def _train_example(spec: DatasetSpec, seed: int):
   cfg = spec.config
 
   def fn(index, raw):
-    encoded, label = _checked(spec, raw)
+    encoded, label = checked_example(spec, raw)
     seeds = tf.random.experimental.stateless_split(tf.stack([tf.cast(seed, tf.int64), index]), 3)
     indices = train_frame_indices(tf.shape(encoded)[0], cfg, seeds[0])
     clip = at_least(decode_frames(tf.gather(encoded, indices), spec.source.jpeg_only),
@@ -191,8 +174,7 @@ def _train_example(spec: DatasetSpec, seed: int):
 
 
 def train_dataset(spec: DatasetSpec, *, global_seed: int, shard_index: int = 0,
-                  num_shards: int = 1, start_batch: int = 0,
-                  start_position: int | None = None) -> tf.data.Dataset:
+                  num_shards: int = 1, start_position: int = 0) -> tf.data.Dataset:
   """Infinite, deterministic stream of per-process training batches.
 
   Batches hold 'video' (uint8 (B, T, crop, crop, 3): normalised on the devices,
@@ -201,12 +183,9 @@ def train_dataset(spec: DatasetSpec, *, global_seed: int, shard_index: int = 0,
   `SkipCounter` turns gaps into skip counts and drops the key).
 
   Args:
-    start_batch: how many batches of this dataset were already consumed (for
-      resuming): the stream continues exactly where such a run would be, if
-      no example was skipped before.
-    start_position: the stream position to continue from instead, as
-      `SkipCounter.next_position` of the interrupted run: exact also when
-      examples were skipped (each skip moves the stream one record further).
+    start_position: the stream position to continue from (resuming): the
+      interrupted run's `SkipCounter.next_position`, exact also when examples
+      were skipped (each skip moves the stream one record further).
   """
   cfg = spec.config
   local_batch = cfg.batch_size // num_shards
@@ -215,70 +194,13 @@ def train_dataset(spec: DatasetSpec, *, global_seed: int, shard_index: int = 0,
   if cfg.cache:
     ds = ds.cache()
   ds = ds.shuffle(cfg.shuffle_buffer, seed=seed, reshuffle_each_iteration=True).repeat()
-  first_example = start_batch * local_batch if start_position is None else start_position
-  ds = ds.skip(first_example)
-  ds = tf.data.Dataset.zip(tf.data.Dataset.counter(first_example), ds)
+  ds = ds.skip(start_position)
+  ds = tf.data.Dataset.zip(tf.data.Dataset.counter(start_position), ds)
   ds = ds.map(_train_example(spec, seed), num_parallel_calls=AUTOTUNE,
               deterministic=True)
   ds = ds.ignore_errors(log_warning=True)
   ds = ds.batch(local_batch, drop_remainder=True)
-  return _with_options(ds).prefetch(AUTOTUNE)
-
-
-def _eval_views(spec: DatasetSpec, encoded) -> tf.Tensor:
-  """uint8 (K*S, T, crop, crop, 3): decodes each frame the K clips use once."""
-  cfg = spec.config
-  indices_kt = eval_frame_indices(tf.shape(encoded)[0], cfg)
-  unique, position = tf.unique(tf.reshape(indices_kt, [-1]))
-  frames = decode_frames(tf.gather(encoded, unique), spec.source.jpeg_only)
-  if cfg.get("eval_short_side", 0):
-    frames = resize_short_side(frames, cfg.eval_short_side)
-  frames = at_least(frames, cfg.crop_size)
-  shape = tf.shape(frames)
-  clips = tf.reshape(tf.gather(frames, position),
-                     tf.concat([tf.shape(indices_kt), shape[1:]], axis=0))
-  return views.spatial_views(clips, cfg.crop_size, cfg.eval_crops)
-
-
-def num_eval_views(cfg) -> int:
-  clips = 1 if cfg.get("sampling", "stride") == "segment" else cfg.eval_clips
-  return clips * cfg.eval_crops
-
-
-def eval_dataset(spec: DatasetSpec, *, shard_index: int = 0,
-                 num_shards: int = 1) -> tuple[tf.data.Dataset, int]:
-  """Multi-view eval batches of videos, padded to equal counts on every process.
-
-  Views stay uint8: a batch of many videos x K*S views is 4x smaller than in
-  float32 on the host and on its way to the devices; the eval step normalises
-  (evaluation/step.py: multiview_eval_step).
-
-  Returns:
-    (dataset, num_batches): batches hold 'video' uint8 (B, V, T, crop, crop, 3)
-    with V = K clips x S crops per video (clip-major), 'label' (B,), and 'mask'
-    (B,) (1 real video, 0 padding or a skipped video's place).
-  """
-  cfg = spec.config
-  local_batch = cfg.eval_batch_size // num_shards
-  per_process = max(spec.source.num_examples(cfg.eval_split, p, num_shards)
-                    for p in range(num_shards))
-  num_batches = -(-per_process // local_batch)
-
-  def preprocess(raw):
-    encoded, label = _checked(spec, raw)
-    return {"video": _eval_views(spec, encoded), "label": label,
-            "mask": tf.constant(1, tf.int32)}
-
-  ds = spec.source.read(cfg.eval_split, shard_index, num_shards)
-  ds = ds.map(preprocess, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(
-      log_warning=True)
-  views_shape = (num_eval_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3)
-  padding = tf.data.Dataset.from_tensors({
-      "video": tf.zeros(views_shape, tf.uint8), "label": tf.constant(0, tf.int32),
-      "mask": tf.constant(0, tf.int32)}).repeat()
-  ds = ds.concatenate(padding).take(num_batches * local_batch)
-  ds = ds.batch(local_batch, drop_remainder=True)
-  return _with_options(ds).prefetch(AUTOTUNE), num_batches
+  return with_options(ds).prefetch(AUTOTUNE)
 
 
 def check_readable(spec: DatasetSpec) -> None:
@@ -331,7 +253,7 @@ class SkipCounter:
     return batch
 
 
-def _with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+def with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True

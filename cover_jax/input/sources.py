@@ -70,6 +70,13 @@ class Source:
   def num_examples(self, split: str, shard_index: int = 0, num_shards: int = 1) -> int:
     raise NotImplementedError
 
+  @property
+  def prepared(self) -> dict | None:
+    """How the stored frames were made from video files: {fps, short_side, jpeg_quality}
+    (None values: kept as in the source), or None when unknown or not videos. Saved with
+    checkpoints, so that predict decodes a video as this dataset's videos were."""
+    return None
+
 
 def _share(total: int, shard_index: int, num_shards: int) -> int:
   """Records of `total` that `Dataset.shard(num_shards, shard_index)` keeps."""
@@ -111,13 +118,17 @@ class _RecordFiles(Source):
             tf.constant(0, tf.int64), lambda n, _: n + 1)) if files else 0
     return self._counts[split]
 
-  def _report_count(self, split: str) -> int | None:
-    """The prepare tool's count of written records (saves a pass over the files)."""
+  def _report(self) -> dict | None:
+    """The prepare tool's prepare_report.json beside the records, if any."""
     path = os.path.join(self.cfg.path, "prepare_report.json")
     if not tf.io.gfile.exists(path):
       return None
     with tf.io.gfile.GFile(path) as f:
-      entry = json.load(f).get("splits", {}).get(split)
+      return json.load(f)
+
+  def _report_count(self, split: str) -> int | None:
+    """The prepare tool's count of written records (saves a pass over the files)."""
+    entry = (self._report() or {}).get("splits", {}).get(split)
     return None if entry is None else int(entry["videos_written"])
 
 
@@ -138,6 +149,16 @@ class DmvrRecords(_RecordFiles):
   def parse(self, raw):
     clip = dmvr_format.parse_clip(raw)
     return {"encoded": clip["jpeg_frames"], "label": clip["label"], "name": clip["filename"]}
+
+  @property
+  def prepared(self):
+    """From the prepare tool's report; None for records made by other tools (no report)."""
+    report = self._report()
+    if not report or "fps" not in report:
+      return None
+    qualities = {s.get("jpeg_quality") for s in report.get("splits", {}).values()} - {None}
+    return {"fps": report["fps"] or None, "short_side": report["short_side"] or None,
+            "jpeg_quality": qualities.pop() if len(qualities) == 1 else None}
 
   def check_label_texts(self, split: str) -> None:
     """ClassListError if records' clip/label/text disagree with classes.txt (no silent remap)."""
@@ -251,6 +272,15 @@ class TfdsDataset(Source):
                                    shuffle_files=False,
                                    decoders={self.key: tfds.decode.SkipDecoding()})
 
+  @property
+  def prepared(self):
+    """The video builders' (video_builders.VideoConfig) settings; None for other datasets."""
+    config = self.builder.builder_config
+    if not self.is_video or not hasattr(config, "jpeg_quality"):
+      return None
+    return {"fps": config.fps, "short_side": config.short_side,
+            "jpeg_quality": config.jpeg_quality}
+
   def parse(self, raw):
     encoded = raw[self.key]
     return {"encoded": encoded if self.is_video else encoded[None], "label": raw["label"],
@@ -318,7 +348,7 @@ def _check_not_empty(source: Source) -> None:
       raise _fail(source.name, f"split {split!r} has no examples ({where})",
                   f"config.datasets.{source.name}.path, .file_pattern and .{field}; prepared "
                   "records are named <split>-NNNNN-of-NNNNN.tfrecord (python -m "
-                  "cover_jax.prepare.cli)")
+                  "cover_jax.prepare)")
   # (The embedded sets' class counts are checked with the config: config_validation.py.)
   if cfg.source not in embedded_builders.SOURCES and len(source.class_names) != cfg.num_classes:
     raise _fail(source.name, f"the class list has {len(source.class_names)} classes but "

@@ -44,7 +44,7 @@ from clu import periodic_actions
 from jax.experimental import multihost_utils
 
 from cover_jax.checkpoint import manager
-from cover_jax.evaluation import step as eval_step, table
+from cover_jax.evaluation import dataset as eval_data, step as eval_step, table, views
 from cover_jax.train import mixture, optim, state as train_state
 from cover_jax.parallel import sharding
 from cover_jax.metrics import writers
@@ -123,10 +123,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, dict[str, float]]:
 
 
 def _table(run: _Run, results, train_top1) -> str:
-  views = {n: f"{pipeline.num_eval_views(s.config) // s.config.eval_crops}x{s.config.eval_crops}"
-           for n, s in run.specs.items()}
+  views_of = {n: f"{views.num_views(s.config) // s.config.eval_crops}x{s.config.eval_crops}"
+              for n, s in run.specs.items()}
   return table.format_table(results, {n: s.config.num_classes for n, s in run.specs.items()},
-                               train_top1, views)
+                            train_top1, views_of)
 
 
 def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
@@ -314,6 +314,8 @@ def _save_checkpoint(run: _Run, done: int, positions: dict[str, int],
   meta = {"step": done, "config": run.config.to_json(),
           # predict / init_from read these names.
           "class_names": {n: list(s.class_names) for n, s in run.specs.items()},
+          # predict decodes a video as its dataset's videos were prepared.
+          "prepared": {n: s.source.prepared for n, s in run.specs.items()},
           "input_position": dict(positions), "stream_positions": _stream_positions(run),
           "nonfinite": tracked.nonfinite.state()}
   run.ckpt.save(done, run.state, meta)
@@ -372,7 +374,7 @@ def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
       if not run.specs[name].config.eval_split:
         continue  # e.g. ImageNet-21k: no held-out split
       if name not in run.eval_datasets:
-        run.eval_datasets[name], _ = pipeline.eval_dataset(
+        run.eval_datasets[name], _ = eval_data.eval_dataset(
             run.specs[name], shard_index=jax.process_index(),
             num_shards=jax.process_count())
       ds = run.eval_datasets[name]
