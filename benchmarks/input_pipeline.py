@@ -108,7 +108,7 @@ def train_stage(spec: pipeline.DatasetSpec, stage: str, cores: int) -> tf.data.D
   cfg = spec.config
 
   def fn(index, raw):
-    encoded, label = pipeline._checked(spec, raw)  # pylint: disable=protected-access
+    encoded, label = pipeline.checked_example(spec, raw)
     seeds = tf.random.experimental.stateless_split(tf.stack([tf.constant(0, tf.int64), index]),
                                                    3)
     chosen = tf.gather(encoded, pipeline.train_frame_indices(tf.shape(encoded)[0], cfg, seeds[0]))

@@ -17,7 +17,7 @@ images), each in its own workdir:
 
 Arguments (after the colon, comma-separated):
   datasets  '+'-joined subset of appearance, motion, images
-  steps     training steps
+  steps     training steps (default 4000; 6 with tiny)
   mixture   'sample' (one dataset per step, by weight) or 'all' (every dataset
             every step, weighted sum of losses)
   tiny      a seconds-long variant for tests and smoke runs
@@ -41,7 +41,8 @@ DEMO_DATASETS = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_args.parse_arg(arg, datasets="appearance+motion+images", steps=4000,
+  # steps=0: the variant's own number (4000, or 6 for tiny), so any explicit value is kept.
+  arg = config_args.parse_arg(arg, datasets="appearance+motion+images", steps=0,
                               mixture="sample", tiny=False)
   names = [n for n in arg.datasets.split("+") if n]
   unknown = [n for n in names if n not in DEMO_DATASETS]
@@ -52,7 +53,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config = defaults.base_config()
   config.mixture = arg.mixture
-  config.total_steps = arg.steps
+  config.total_steps = arg.steps or (6 if arg.tiny else 4000)
   config.eval_every = 1000
   config.checkpoint_every = 1000
 
@@ -68,7 +69,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.datasets[name] = _synthetic_dataset(name, tiny=arg.tiny)
 
   if arg.tiny:
-    config.total_steps = arg.steps if arg.steps != 4000 else 6
     config.log_every = config.eval_every = config.checkpoint_every = 3
     config.model.update(variant="Mu/8", width=32, depth=1, num_heads=2, mlp_dim=64,
                         image_size=16, num_frames=4)

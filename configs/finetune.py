@@ -25,7 +25,7 @@ mit, in1k, in21k — or any new name), data (its directory, default
 /data/<dataset>), init (the weights to start from, default /ckpt/pretrained),
 classes (new datasets only), stride (new datasets: the temporal stride at the
 prepared frame rate, default 8), frames (8), variant
-(B/16), steps (10000), learning_rate (0.005, SGD as TimeSformer's
+(B/16), steps (10000; 4 with tiny), learning_rate (0.005, SGD as TimeSformer's
 fine-tuning), tiny (a seconds-long variant for tests).
 """
 
@@ -35,7 +35,7 @@ from cover_jax.config import catalog
 
 def get_config(arg=None):
   arg = config_args.parse_arg(arg, dataset="k400", data="", init="/ckpt/pretrained", classes=0,
-                              stride=8, frames=8, variant="B/16", steps=10000,
+                              stride=8, frames=8, variant="B/16", steps=0,
                               learning_rate=0.005, tiny=False)
   _check(arg)
   data = arg.data or f"/data/{arg.dataset}"
@@ -56,8 +56,9 @@ def get_config(arg=None):
 
 
 def _catalog_arg(arg, data: str) -> str:
-  parts = [f"data={data}", f"frames={arg.frames}",
-           f"variant={arg.variant}", f"steps={arg.steps}"]
+  # steps=0: the recipe's own number (10000; the catalog's 4 for tiny).
+  steps = arg.steps or (0 if arg.tiny else 10000)
+  parts = [f"data={data}", f"frames={arg.frames}", f"variant={arg.variant}", f"steps={steps}"]
   return ",".join(parts + (["tiny=true"] if arg.tiny else []))
 
 

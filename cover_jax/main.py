@@ -5,10 +5,16 @@ r"""Entry point: co-train CoVeR per a config, or evaluate its latest checkpoint.
       --config.total_steps=600
   python -m cover_jax.main --config=configs/demo.py --workdir=/tmp/cover_demo --mode=eval
 
-Running the same command again resumes from the latest checkpoint in --workdir.
-Several hosts: run the same command on each (launch/ has TPU pod and SLURM
-scripts); `jax.distributed` is initialised from --coordinator_address /
---num_processes / --process_id, the JAX_* environment, or the cluster.
+Running the same command again resumes from the latest checkpoint in --workdir
+(a finished run prints its saved results). Several hosts: run the same
+command on each (launch/ has TPU pod and SLURM scripts); `jax.distributed` is
+initialised from --coordinator_address / --num_processes / --process_id, the
+JAX_* environment, or the cluster.
+
+What the terminal shows is the run's story (what is being built, compiled,
+trained, evaluated) and warnings a user must act on; every log line, ours and
+the libraries', goes to <workdir>/log.txt, and the full config to
+<workdir>/config.json.
 
 Exit status: 0 done; 1 nothing to evaluate (--mode=eval without a checkpoint);
 2 invalid config, or one that does not fit the workdir's checkpoint; 3 a loss
@@ -20,10 +26,13 @@ records decodes, or its classes.txt disagrees with its records).
 
 from __future__ import annotations
 
+import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
+
+from cover_jax.config import command_line
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -31,7 +40,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and m
 _MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"],
                           "train: train (resuming if possible) then evaluate; "
                           "eval: evaluate the latest checkpoint in --workdir.")
-# Multi-process runs (cover_jax/parallel/distributed.py): automatic on Cloud TPU pods and
+# Multi-process runs (parallel/distributed.py): automatic on Cloud TPU pods and
 # under SLURM; elsewhere give the coordinator (or JAX_COORDINATOR_ADDRESS etc.).
 _DISTRIBUTED = flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
                                  "auto: initialise jax.distributed when a coordinator is given "
@@ -44,54 +53,17 @@ flags.mark_flags_as_required(["config", "workdir"])
 DATASET_EXIT_STATUS = 6  # a dataset cannot be read (see the module docstring)
 
 
-class _QuietLibraries:
-  """Drops INFO chatter of Orbax/TFDS (a few hundred lines per checkpoint)."""
+def _failures():
+  """(exception, exit status, message prefix) for each way a run can end early."""
+  from cover_jax.checkpoint import resume_checks, workdir  # pylint: disable=import-outside-toplevel
+  from cover_jax.config import validation  # pylint: disable=import-outside-toplevel
+  from cover_jax.input import pipeline  # pylint: disable=import-outside-toplevel
+  from cover_jax.prepare import class_list  # pylint: disable=import-outside-toplevel
+  from cover_jax.pretrained.weights import PretrainedError  # pylint: disable=import-outside-toplevel
+  from cover_jax.train import loop, preemption  # pylint: disable=import-outside-toplevel
 
-  NOISY = ("/orbax/", "/tensorflow_datasets/", "/clu/")
-  # TFDS warnings that every run of our (unregistered, configured) builders
-  # triggers and that ask nothing of the user.
-  HARMLESS = ("Using custom data configuration", "`FeatureConnector.dtype` is deprecated",
-              "Variant folder %s has no %s")
-
-  def filter(self, record) -> bool:
-    if any(p in record.pathname for p in self.NOISY):
-      return record.levelno >= 30 and not str(record.msg).startswith(self.HARMLESS)
-    return True
-
-
-def main(argv):
-  del argv
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  import jax  # after absl parsed flags, so JAX flags/env are settled
-
-  from cover_jax.config import validation
-  from cover_jax.parallel import distributed
-  from cover_jax.train import loop, preemption
-  from cover_jax.checkpoint import resume_checks, workdir
-  from cover_jax.prepare import class_list
-  from cover_jax.input import pipeline
-  from cover_jax.pretrained.weights import PretrainedError
-
-  try:  # before anything touches a device
-    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
-                           _PROCESS_ID.value)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  if jax.process_index() != 0:
-    logging.set_verbosity(logging.WARNING)  # process 0 tells the story
-  config = _CONFIG.value
-  try:
-    validation.validate_config(config, num_devices=jax.device_count(),
-                                      process_count=jax.process_count())
-  except validation.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  logging.info("config:\n%s", config)
-  # What each failure means for the user: (exception, exit status, message prefix).
-  # Statuses: 1 nothing to evaluate, 2 the config does not fit, 3 non-finite loss,
-  # 4 preempted (checkpoint saved), 5 unusable workdir, 6 unreadable dataset.
-  failures = (
+  return (
+      (validation.ConfigError, 2, "error: "),
       (resume_checks.LayoutMismatchError, 2, "error: "),  # scanned vs unscanned workdir
       (resume_checks.ResumeConfigError, 2, "error: "),
       (PretrainedError, 2, "error: config.init_from: "),
@@ -102,15 +74,46 @@ def main(argv):
       (pipeline.DatasetError, DATASET_EXIT_STATUS, "error: "),
       (class_list.ClassListError, DATASET_EXIT_STATUS, "error: "),
   )
+
+
+def main(argv):
+  del argv
+  config, workdir = _CONFIG.value, _WORKDIR.value
+  print(f"cover_jax: {_MODE.value} in {workdir} (config: {workdir}/config.json, "
+        f"log: {workdir}/log.txt)", flush=True)
+  # Only TensorFlow's warnings and errors (a skipped record's reason among
+  # them), not its start-up notices; set before TensorFlow is imported.
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+  from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
+  run_log.capture()  # held in memory: an invalid config writes nothing
+  import jax  # pylint: disable=import-outside-toplevel (after absl parsed flags: JAX flags settled)
+
+  from cover_jax.config import validation  # pylint: disable=import-outside-toplevel
+  from cover_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
+  from cover_jax.train import loop  # pylint: disable=import-outside-toplevel
+
+  try:  # before anything touches a device
+    distributed.initialize(_DISTRIBUTED.value, _COORDINATOR.value, _NUM_PROCESSES.value,
+                           _PROCESS_ID.value)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() != 0:
+    run_log.quiet_terminal()  # process 0 tells the story
+  failures = _failures()
   try:
+    validation.validate_config(config, num_devices=jax.device_count(),
+                               process_count=jax.process_count())
     if _MODE.value == "eval":
-      loop.evaluate_checkpoint(config, _WORKDIR.value)
+      loop.evaluate_checkpoint(config, workdir)
     else:
-      loop.train_and_evaluate(config, _WORKDIR.value)
+      run_log.to_workdir(workdir)
+      loop.train_and_evaluate(config, workdir)
   except tuple(kind for kind, _, _ in failures) as e:
     status, prefix = next((s, p) for kind, s, p in failures if isinstance(e, kind))
     print(f"{prefix}{e}", file=sys.stderr)
     sys.exit(status)
 
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=lambda argv: command_line.parse_or_exit(argv, _CONFIG))

@@ -95,7 +95,7 @@ def test_main_rerun_resumes_and_extends(trained, tiny_data_dir, tmp_path):
   shutil.copytree(trained[0], workdir)
   result = _main(workdir, tiny_data_dir, "--config.total_steps=9")
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "resuming from checkpoint step 6" in result.stderr
+  assert "resuming from checkpoint step 6" in result.stdout
   assert "step 3/9" not in result.stdout and "step 9/9" in result.stdout
   assert _checkpoint_steps(workdir) == [6, 9]
 
@@ -128,7 +128,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(trained, tiny_
   assert _checkpoint_steps(workdir) == [3, 6]  # nothing from the diverged steps
   again = _main(workdir, tiny_data_dir, mode="eval")
   assert again.returncode == 0, again.stderr[-3000:]
-  assert "resuming from checkpoint step 6" in again.stderr
+  assert "resuming from checkpoint step 6" in again.stdout
 
 
 def test_resumed_run_matches_an_uninterrupted_one(tiny_data_dir, tmp_path):
@@ -161,5 +161,5 @@ def test_runs_on_eight_devices_with_data_parallel_mesh(tiny_data_dir, tmp_path):
   result = _main(tmp_path / "w8", tiny_data_dir, "--config.mesh_shape=(-1,1,1)",
                  env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"})
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "8 device(s)" in result.stderr
+  assert "8 device(s)" in result.stdout
   assert "Final accuracy after 6 steps" in result.stdout

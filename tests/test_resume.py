@@ -39,10 +39,12 @@ class _MainJob:
     self.proc = subprocess.Popen(_command(workdir, data_dir, *flags), cwd=REPO, text=True,
                                  stdout=subprocess.PIPE, stderr=self._stderr)
     self.first_step = None
+    self.lines = []  # stdout so far
 
   def wait_for_step(self, target: int) -> int:
     """Blocks until the job has printed 'step N/...' with N >= target; returns N."""
     for line in self.proc.stdout:
+      self.lines.append(line)
       match = _STEP_LINE.match(line)
       if match:
         step = int(match.group(1))
@@ -54,10 +56,13 @@ class _MainJob:
                          + self.stderr()[-3000:])
 
   def finish(self, timeout: float = 300) -> int:
-    self.proc.stdout.read()
+    self.lines.append(self.proc.stdout.read())
     status = self.proc.wait(timeout=timeout)
     self._stderr.close()
     return status
+
+  def stdout(self) -> str:
+    return "".join(self.lines)
 
   def stderr(self) -> str:
     if not self._stderr.closed:
@@ -109,5 +114,5 @@ def test_sigkill_at_random_points_and_sigterm_then_resume_is_bit_identical(
   final = _MainJob(workdir, tiny_data_dir, "--config.log_every=7", "--config.eval_every=10",
                    "--config.keep_checkpoints=3")
   assert final.finish() == 0, final.stderr()[-3000:]
-  assert f"resuming from checkpoint step {saved} " in final.stderr(), context
+  assert f"resuming from checkpoint step {saved} " in final.stdout(), context
   _assert_bit_identical(workdir, reference, context)

@@ -68,12 +68,13 @@ def test_removing_a_dataset_fails_naming_the_datasets(tiny_data_dir, workdir):
     loop.train_and_evaluate(config, str(workdir))
 
 
-def test_compatible_changes_continue_and_run_changes_are_logged(tiny_data_dir, workdir, caplog):
+def test_compatible_changes_continue_and_run_changes_are_logged(tiny_data_dir, workdir, caplog,
+                                                                capsys):
   config = _config(tiny_data_dir, total_steps=7, log_every=1, checkpoint_every=7,
                    **{"optimizer.learning_rate": 1e-4})
   with caplog.at_level(logging.INFO):
     loop.train_and_evaluate(config, str(workdir))
-  assert "resuming from checkpoint step 6" in caplog.text
+  assert "resuming from checkpoint step 6" in capsys.readouterr().out
   assert "optimizer.learning_rate: 0.001 -> 0.0001" in caplog.text
   assert "changed bookkeeping: checkpoint_every: 3 -> 7, log_every: 3 -> 1" in caplog.text
   assert (workdir / "checkpoints" / "7").exists()

@@ -120,14 +120,12 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
   def wait(self) -> None:
+    """Blocks until the last (asynchronous) save is on disk."""
     self._manager.wait_until_finished()
 
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
-
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
 
   def restore_latest(self, abstract_state, *, set_aside_damaged: bool = False, check=None
                      ) -> tuple[int, object, dict] | None:

@@ -1,4 +1,17 @@
-"""Checks that the workdir can take checkpoints, before training starts.
+"""The workdir: what a run writes there, and whether it can take checkpoints.
+
+  <workdir>/config.json     the run's config, written when it starts
+  <workdir>/log.txt         every log line, ours and the libraries' (local workdirs)
+  <workdir>/metrics.jsonl   every logged scalar (metrics/writers.py); tensorboard/ too
+  <workdir>/checkpoints/    Orbax checkpoints (checkpoint/manager.py)
+  <workdir>/results.txt     the final accuracy table
+  <workdir>/results.json    the same results, machine-readable, with their step
+  <workdir>/timing.json     when each phase of the run happened (metrics/timing.py)
+
+Every path goes through `etils.epath`, so a `gs://` workdir is written where
+it says (Orbax's own path type); nothing is ever turned into a local path.
+
+Before training, the trainer checks that the workdir can take checkpoints.
 
 A run that trains for hours and then cannot write its first checkpoint loses
 all of it. So the trainer first writes (and fsyncs, and removes) a small probe
@@ -12,11 +25,15 @@ Only local paths are checked; a remote workdir (`gs://...`) is left to Orbax.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
 import jax
 import numpy as np
+from etils import epath
+
+from cover_jax.checkpoint import manager
 
 EXIT_STATUS = 5
 _PROBE_BYTES = 1 << 16  # more than a few bytes: a nearly full disk may still take those
@@ -28,8 +45,47 @@ class WorkdirError(OSError):
   """The workdir cannot hold checkpoints; the message says why and what to do."""
 
 
-def is_remote(path: str) -> bool:
-  return "://" in path
+CONFIG, LOG, RESULTS_TXT, RESULTS_JSON, TIMING = (
+    "config.json", "log.txt", "results.txt", "results.json", "timing.json")
+
+
+def is_remote(path) -> bool:
+  return "://" in str(path)
+
+
+def path(workdir, name: str) -> epath.Path:
+  """A file of the workdir (remote or local), as Orbax addresses it too."""
+  return epath.Path(workdir) / name
+
+
+def write_config(workdir, config) -> None:
+  path(workdir, CONFIG).write_text(config.to_json(indent=2) + "\n")
+
+
+def write_results(workdir, step: int, results: dict, train_top1: dict, table: str) -> None:
+  """results.txt (the table) and results.json (the numbers, with their step)."""
+  path(workdir, RESULTS_TXT).write_text(table + "\n")
+  path(workdir, RESULTS_JSON).write_text(json.dumps(
+      {"step": step, "results": results, "train_top1": train_top1, "table": table},
+      indent=1) + "\n")
+
+
+def finished_results(workdir, total_steps: int) -> dict | None:
+  """The saved results of a run that has trained and evaluated all `total_steps`, else None.
+
+  A run is finished when its results are of `total_steps` and so is its newest
+  checkpoint (results are written after that checkpoint is saved; a run
+  whose last checkpoint was lost is not finished).
+  """
+  saved = path(workdir, RESULTS_JSON)
+  try:
+    results = json.loads(saved.read_text()) if saved.exists() else None
+    newest = int(epath.Path(manager.step_dirs(workdir)[0]).name)
+  except (manager.NoCheckpointError, ValueError, OSError):
+    return None
+  if not results or results.get("step") != total_steps or newest != total_steps:
+    return None
+  return results
 
 
 def ensure_writable(workdir: str) -> None:

@@ -87,14 +87,15 @@ def experiment_config(names: list[str], arg: str | None, *, weights=None,
 
   Arguments (after the config file's colon): `data=DIR` (one dataset) or
   `<name>=DIR` per dataset (several); for TFDS datasets DIR is the TFDS data_dir.
-  `variant` (B/16), `frames` (8), `steps`, `tiny`.
+  `variant` (B/16), `frames` (8), `steps` (30000; 4 with `tiny`), `tiny`.
   """
   dirs = {"data": f"/data/{names[0]}"} if len(names) == 1 else {n: f"/data/{n}" for n in names}
-  arg = config_args.parse_arg(arg, variant="B/16", frames=8, steps=30000, tiny=False, **dirs)
+  # steps=0: the recipe's own number, so any explicit value is kept.
+  arg = config_args.parse_arg(arg, variant="B/16", frames=8, steps=0, tiny=False, **dirs)
   path = {n: arg.data if len(names) == 1 else arg[n] for n in names}
   config = defaults.base_config()
   config.mixture = mixture
-  config.total_steps = arg.steps
+  config.total_steps = arg.steps or (4 if arg.tiny else 30000)
   config.log_every, config.eval_every, config.checkpoint_every = 100, 5000, 1000
   config.model = defaults.model_config(variant=arg.variant, num_frames=arg.frames,
                                                stochastic_depth=0.1)
@@ -111,7 +112,6 @@ def experiment_config(names: list[str], arg: str | None, *, weights=None,
     if CATALOG[name].source == "tfds":
       config.data_dir = path[name]
   if arg.tiny:
-    config.total_steps = arg.steps if arg.steps != 30000 else 4
     config.log_every = config.eval_every = config.checkpoint_every = 2
     config.model.update(variant="Mu/8", width=32, depth=1, num_heads=2, mlp_dim=64,
                         image_size=16, num_frames=2, stochastic_depth=0.0,

@@ -254,7 +254,20 @@ class SkipCounter:
 
 
 def with_options(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Deterministic order; parallel maps on every core, without tf.data's autotuning thread.
+
+  Autotuning runs a model thread per iterator that sleeps for its
+  optimisation period (growing to a minute), and destroying the iterator
+  waits for that sleep to end: a run that had finished stayed alive for up
+  to a minute after its last line, and every in-process run in a test paid
+  it too. Without that thread, AUTOTUNE parallelism starts (and stays) at
+  `initial_parallelism`, here every core, and prefetch buffers still grow on
+  their own (tf.data's legacy prefetch autotuner). Element order does not
+  depend on parallelism (deterministic maps), so results are unchanged.
+  """
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
+  options.autotune.enabled = False
+  options.autotune.initial_parallelism = os.cpu_count() or 1
   return ds.with_options(options)

@@ -268,8 +268,11 @@ class TfdsDataset(Source):
                                       process_count=num_shards, drop_remainder=False)
 
   def read(self, split, shard_index, num_shards, *, train=False):
+    # No TFDS auto-cache: the pipeline caches where the config says (`cache`),
+    # and a cache read partially (the start-up probe) only warns and is dropped.
     return self.builder.as_dataset(split=self._split(split, shard_index, num_shards),
                                    shuffle_files=False,
+                                   read_config=tfds.ReadConfig(try_autocache=False),
                                    decoders={self.key: tfds.decode.SkipDecoding()})
 
   @property

@@ -277,6 +277,8 @@ def build(source: str, data_dir: str, *, num_train: int, num_test: int, size: in
   builder = _open_prepared(cls, data_dir, config)
   if builder is not None:
     return builder
+  logging.info("building the embedded dataset %s/%s in %s", cls.name, config.name, data_dir)
+  tfds.disable_progress_bar()  # seconds of work: TFDS's bars would fill the training log
   with _build_lock(data_dir, f"{cls.name}-{config.name}"):
     # TFDS skips generation if another process finished it meanwhile.
     builder = cls(data_dir=data_dir, config=config)

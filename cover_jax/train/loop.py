@@ -1,5 +1,17 @@
 """The host loop: mixture of datasets -> jitted train step -> metrics, evals, checkpoints.
 
+The story of a run (`train_and_evaluate`), in order:
+  1. a finished run (results of `total_steps` beside a checkpoint of that
+     step) prints its saved table and stops: a rerun evaluates nothing twice;
+  2. set-up (`_setup`): the workdir, the mesh, the datasets, the state (see
+     the resume order below), the compiled train and eval steps;
+  3. training (`_train_loop`): each step's dataset(s) from the mixture, the
+     step, the metrics of the step before (fetched while this one runs),
+     logs, checkpoints, periodic evaluations; SIGTERM saves and stops;
+  4. the final evaluation, the results table (results.txt, results.json);
+  5. closing (`_close`): the input pipelines, then the checkpoints (waiting
+     for the last save), then the metric writers.
+
 Resume order (the one place it is decided): the newest checkpoint in
 `workdir/checkpoints` that restores and fits the config (resume_checks.py: a
 config that does not fit stops the run; a damaged checkpoint is set aside and
@@ -12,16 +24,10 @@ a run that was never interrupted):
 - params, optimizer state, step: the checkpoint's `state`;
 - RNG: derived from (seed, step) inside the step, nothing to save;
 - which dataset(s) each step trains on: derived from (seed, step) (mixture.py);
-- each dataset's input position: the checkpoint meta's `stream_positions`
-  (per input shard, the next record of its shuffled stream: skipped bad
-  records included) and `input_position` (batches consumed per dataset,
-  counted by the host loop; recomputed from the mixture's choices for
-  checkpoints without it). The pipeline restarts there
-  by a deterministic skip, not by tf.data iterator checkpointing: its state is
-  a few integers identical on every host, and iterator checkpoints would hold
-  the shuffle buffer's (decoded) examples, per host, in every checkpoint;
-- the non-finite skip counters: the meta's `nonfinite` (nonfinite.py).
-SIGTERM saves the current step and stops the run (preemption.py).
+- each dataset's input position: the checkpoint meta's `stream_positions` and
+  `input_position` (streams.py);
+- the non-finite skip counters: the meta's `nonfinite` (nonfinite.py);
+- the train top-1 of the last logging window: the meta's `train_top1`.
 
 Metrics of step s are fetched to the host after step s+1 has been dispatched,
 so the device never waits for the host; every fetched loss is checked, and all
@@ -31,34 +37,26 @@ holds a state reached through a non-finite loss.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import functools
 import logging
-import os
 import time
 
 import jax
-import numpy as np
-from clu import periodic_actions
-from jax.experimental import multihost_utils
+from clu import metric_writers, periodic_actions
 
-from cover_jax.checkpoint import manager
+from cover_jax.checkpoint import manager, resume_checks, workdir as workdir_lib
 from cover_jax.evaluation import dataset as eval_data, step as eval_step, table, views
-from cover_jax.train import mixture, optim, state as train_state
+from cover_jax.input import device, pipeline
+from cover_jax.metrics import timing as timing_lib, writers
 from cover_jax.parallel import sharding
-from cover_jax.metrics import writers
-from cover_jax.train import nonfinite, preemption
-from cover_jax.checkpoint import resume_checks, workdir as workdir_checks
-from cover_jax.input import device, pipeline, shards
 from cover_jax.pretrained import loader as pretrained_loader
-from cover_jax.train import step as train_step
+from cover_jax.train import mixture, nonfinite, optim, preemption
+from cover_jax.train import state as train_state, step as train_step
+from cover_jax.train import streams as streams_lib, train_metrics
 
 NonFiniteLossError = nonfinite.NonFiniteLossError
-
-
-class NoCheckpointError(FileNotFoundError):
-  """Evaluation was asked for, but the workdir holds no checkpoint that restores."""
+NoCheckpointError = manager.NoCheckpointError
 
 
 @dataclasses.dataclass
@@ -76,8 +74,10 @@ class _Run:
   eval_fn: object
   ckpt: manager.Checkpointer
   writer: object
+  timing: timing_lib.Timing
+  read_only: bool = False  # --mode=eval: nothing is written to the workdir
   eval_datasets: dict = dataclasses.field(default_factory=dict)  # built on first use
-  skip_counters: dict = dataclasses.field(default_factory=dict)  # dataset -> {shard: SkipCounter}
+  streams: streams_lib.TrainStreams | None = None
   resumed_meta: dict | None = None  # meta of the checkpoint resumed from
   rules: tuple = sharding.LOGICAL_AXIS_RULES  # logical axis -> mesh axes (config.axis_rules)
 
@@ -87,39 +87,51 @@ class Outcome:
   """What a training run ends with."""
   results: dict[str, dict[str, float]]  # dataset -> eval_step.evaluate_dataset's dict
   train_top1: dict[str, float]          # dataset -> train top-1 of the last logging window
-  train_step_compilations: int          # one per distinct input shape
+  train_step_compilations: int          # one per distinct input shape (0: nothing was run)
 
 
 def train_and_evaluate(config, workdir: str) -> Outcome:
   """Trains per `config`, evaluates every dataset, returns the final results."""
-  run = _setup(config, workdir)
+  timing = timing_lib.Timing()
+  timing.mark("start")
+  finished = workdir_lib.finished_results(workdir, config.total_steps)
+  if finished is not None:
+    _say(f"{workdir} has finished all {config.total_steps} steps; its results "
+         f"({workdir_lib.RESULTS_TXT}):\n{finished['table']}\n(raise --config.total_steps to "
+         "train further; --mode=eval evaluates the checkpoint again)")
+    return Outcome(finished["results"], finished["train_top1"], 0)
+  run = _setup(config, workdir, timing)
   try:
     train_top1 = _train_loop(run)
     compilations = run.step_fn.compilations()  # one per distinct input shape
     logging.info("train step compiled %d time(s)", compilations)
     results = _evaluate_all(run, run.state, step=config.total_steps)
-    table = _table(run, results, train_top1)
-    if jax.process_index() == 0:
-      print("\nFinal accuracy after %d steps:\n%s" % (config.total_steps, table), flush=True)
-      with open(os.path.join(workdir, "results.txt"), "w") as f:
-        f.write(table + "\n")
+    _write_results(run, results, train_top1)
     return Outcome(results, train_top1, compilations)
   finally:
-    run.ckpt.close()
-    run.writer.close()
+    _close(run)
 
 
 def evaluate_checkpoint(config, workdir: str) -> dict[str, dict[str, float]]:
-  """Evaluates the latest checkpoint in `workdir` on every dataset's test split."""
-  run = _setup(config, workdir, require_checkpoint=True)
+  """Evaluates the latest checkpoint in `workdir` on every dataset's test split.
+
+  Read-only: prints the table and writes nothing (the run's own results and
+  metrics stay as training left them).
+  """
+  run = _setup(config, workdir, timing_lib.Timing(), read_only=True)
   try:
     results = _evaluate_all(run, run.state, step=run.start_step)
-    if jax.process_index() == 0:
-      print(_table(run, results, {}), flush=True)
+    _say(f"\nAccuracy of the checkpoint of step {run.start_step}:\n"
+         + _table(run, results, (run.resumed_meta or {}).get("train_top1") or {}))
     return results
   finally:
-    run.ckpt.close()
-    run.writer.close()
+    _close(run)
+
+
+def _say(text: str) -> None:
+  """A line for the user (process 0 tells the story)."""
+  if jax.process_index() == 0:
+    print(text, flush=True)
 
 
 def _table(run: _Run, results, train_top1) -> str:
@@ -129,39 +141,35 @@ def _table(run: _Run, results, train_top1) -> str:
                             train_top1, views_of)
 
 
-def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
-  workdir_checks.ensure_writable(workdir)
+def _write_results(run: _Run, results, train_top1) -> None:
+  text = _table(run, results, train_top1)
+  _say(f"\nFinal accuracy after {run.config.total_steps} steps:\n{text}")
+  run.ckpt.wait()  # results.json claims the run finished: its last checkpoint first
+  if jax.process_index() == 0:
+    workdir_lib.write_results(run.workdir, run.config.total_steps, results, train_top1, text)
+
+
+def _setup(config, workdir: str, timing, read_only: bool = False) -> _Run:
+  """The run's pieces, in the order they are needed (see the module docstring)."""
+  if not read_only:
+    workdir_lib.ensure_writable(workdir)
+    if jax.process_index() == 0:
+      workdir_lib.write_config(workdir, config)
   mesh = sharding.make_mesh(config.mesh_shape)
   rules = sharding.rules_from_config(config.axis_rules)
-  logging.info("process %d of %d, %d device(s), mesh %s", jax.process_index(),
-               jax.process_count(), jax.device_count(), dict(mesh.shape))
+  _say(f"process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} "
+       f"device(s), mesh {dict(mesh.shape)}")
+  _say(f"datasets: opening {', '.join(sorted(config.datasets))} (the embedded ones are built "
+       "on first use)")
   specs = pipeline.prepare_datasets(config)
+  timing.mark("datasets")
   names = tuple(sorted(specs))
-  num_classes = {n: specs[n].config.num_classes for n in names}
   tx = optim.build_optimizer(config.optimizer, config.total_steps)
   graphdef, abstract, state_shardings = train_state.abstract_train_state(
-      config.model, num_classes, tx, mesh, rules)
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  if not require_checkpoint:
-    workdir_checks.ensure_room_for_checkpoint(ckpt_dir, abstract)
-  ckpt = manager.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
-  resume_checks.check_checkpoint_layout(ckpt.directory, config.model.scan_layers)
-  restored = ckpt.restore_latest(
-      abstract, set_aside_damaged=not require_checkpoint and jax.process_index() == 0,
-      check=functools.partial(resume_checks.check_resumable, config, abstract))
-  resumed_meta = None
-  if restored is not None:
-    start_step, state, resumed_meta = restored
-    logging.info("resuming from checkpoint step %d in %s", start_step, ckpt.directory)
-  elif require_checkpoint:
-    raise NoCheckpointError(f"no checkpoint that restores in {ckpt.directory}: train first "
-                            "(--mode=train) or point --workdir at a training run.")
-  else:
-    start_step = 0
-    state = train_state.init_train_state(jax.random.key(config.seed), config.model,
-                                         num_classes, tx, state_shardings)
-    if config.get("init_from"):
-      state = pretrained_loader.init_state_from_pretrained(config, state, state_shardings.params)
+      config.model, {n: specs[n].config.num_classes for n in names}, tx, mesh, rules)
+  ckpt, start_step, state, resumed_meta = _restore_or_init(
+      config, workdir, abstract, state_shardings, tx, read_only)
+  timing.mark("state")
   mix = mixture.DatasetMixture({n: specs[n].config.weight for n in names}, config.mixture,
                                config.seed)
   settings = train_step.StepSettings.from_config(config, names,
@@ -174,92 +182,53 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
       eval_step.multiview_eval_step, graphdef=graphdef,
       mean=tuple(config.input.mean), std=tuple(config.input.std)), rules),
                     out_shardings=replicated)
-  writer = writers.create_writer(workdir, jax.process_index())
+  writer = (metric_writers.MultiWriter([]) if read_only
+            else writers.create_writer(workdir, jax.process_index()))
   return _Run(config, workdir, mesh, specs, names, mix, state, start_step, step_fn, eval_fn,
-              ckpt, writer, resumed_meta=resumed_meta, rules=rules)
+              ckpt, writer, timing, read_only, resumed_meta=resumed_meta, rules=rules)
 
 
-def _input_positions(run: _Run) -> dict[str, int]:
-  """Batches each dataset gave to the steps before `run.start_step`."""
-  saved = (run.resumed_meta or {}).get("input_position")
-  if saved is not None and set(saved) >= set(run.specs):
-    return {name: int(saved[name]) for name in run.specs}
-  if run.start_step:  # a checkpoint written before positions were saved
-    logging.info("recomputing input positions from the mixture's choices of %d steps",
-                 run.start_step)
-  consumed = run.mixture.batches_consumed(run.start_step)
-  return {name: consumed.get(name, 0) for name in run.specs}
+def _restore_or_init(config, workdir, abstract, state_shardings, tx, read_only: bool):
+  """(checkpointer, start step, state, resumed meta): the resume order of the docstring."""
+  ckpt_dir = str(workdir_lib.path(workdir, manager.CHECKPOINTS))
+  if not read_only:
+    workdir_lib.ensure_room_for_checkpoint(ckpt_dir, abstract)
+  ckpt = manager.Checkpointer(ckpt_dir, max_to_keep=config.keep_checkpoints)
+  resume_checks.check_checkpoint_layout(ckpt.directory, config.model.scan_layers)
+  restored = ckpt.restore_latest(
+      abstract, set_aside_damaged=not read_only and jax.process_index() == 0,
+      check=functools.partial(resume_checks.check_resumable, config, abstract))
+  if restored is not None:
+    start_step, state, meta = restored
+    _say(f"resuming from checkpoint step {start_step} in {ckpt.directory}")
+    return ckpt, start_step, state, meta
+  if read_only:
+    ckpt.close()
+    raise NoCheckpointError(f"no checkpoint that restores in {ckpt.directory}: train first "
+                            "(--mode=train) or point --workdir at a training run.")
+  state = train_state.init_train_state(jax.random.key(config.seed), config.model,
+                                       dict(_num_classes(config)), tx, state_shardings)
+  if config.get("init_from"):
+    state = pretrained_loader.init_state_from_pretrained(config, state, state_shardings.params)
+  return ckpt, 0, state, None
 
 
-def _train_iterators(run: _Run, consumed: dict[str, int]) -> dict:
-  """This process's share of every dataset's batches (input/shards.py)."""
-  cfg = run.config
-  num_shards = shards.resolve_num_shards(cfg.input.shards, jax.process_count())
-  owned = shards.owned_shards(num_shards, jax.process_index(), jax.process_count())
-
-  saved = (run.resumed_meta or {}).get("stream_positions") or {}
-
-  def reader(spec):
-    def read(shard):
-      # Where this shard's stream stopped (skips included); older checkpoints: from batches.
-      positions = saved.get(spec.name)
-      start = (int(positions[shard]) if positions and len(positions) == num_shards
-               else consumed[spec.name] * (spec.config.batch_size // num_shards))
-      batches = pipeline.train_dataset(
-          spec, global_seed=cfg.seed, shard_index=shard, num_shards=num_shards,
-          start_position=start).as_numpy_iterator()
-      counter = pipeline.SkipCounter(spec.name, batches, start)
-      run.skip_counters.setdefault(spec.name, {})[shard] = counter
-      return counter
-    return read
-  return {name: shards.concatenated(reader(spec), owned) for name, spec in run.specs.items()}
-
-
-class _TrainMetrics:
-  """Per-dataset running means of fetched train metrics, with NaN checks."""
-
-  def __init__(self, monitor: nonfinite.NonFiniteMonitor):
-    self.reset()
-    self.last_top1: dict[str, float] = {}
-    self.nonfinite = monitor
-
-  def reset(self):
-    self.sums = collections.defaultdict(lambda: np.zeros(3))  # loss, top1, count
-    self.extra = collections.defaultdict(list)
-
-  def add(self, step: int, names, metrics) -> None:
-    metrics = jax.device_get(metrics)
-    if not self.nonfinite.check(step, names, metrics):  # raises unless the policy skips
-      return
-    for name, loss, top1 in zip(names, metrics["batch_loss"], metrics["batch_top1"]):
-      self.sums[name] += (loss, top1, 1)
-    self.extra["grad_norm"].append(metrics["grad_norm"])
-    self.extra["learning_rate"].append(metrics["learning_rate"])
-
-  def summary(self) -> dict[str, float]:
-    out = {}
-    for name, (loss, top1, count) in sorted(self.sums.items()):
-      out[f"train/{name}/loss"] = loss / count
-      out[f"train/{name}/top1"] = top1 / count
-      self.last_top1[name] = top1 / count
-    for key, values in self.extra.items():
-      out[f"train/{key}"] = float(np.mean(values))
-    if self.nonfinite.skipped_total:
-      out["train/nonfinite_skipped_steps"] = float(self.nonfinite.skipped_total)
-    self.reset()
-    return out
+def _num_classes(config) -> dict[str, int]:
+  return {name: ds.num_classes for name, ds in config.datasets.items()}
 
 
 def _train_loop(run: _Run) -> dict[str, float]:
+  """Steps `start_step` .. `total_steps`; returns each dataset's last train top-1."""
   cfg = run.config
-  positions = _input_positions(run)
-  iterators = _train_iterators(run, positions)
+  meta = run.resumed_meta or {}
+  run.streams = streams_lib.TrainStreams(run.specs, cfg, run.mixture, run.start_step, meta)
   index = {name: i for i, name in enumerate(run.names)}
   rng = jax.random.key(cfg.seed + 1)
-  tracked = _TrainMetrics(nonfinite.NonFiniteMonitor(
-      cfg.nonfinite, (run.resumed_meta or {}).get("nonfinite")))
+  tracked = train_metrics.TrainMetrics(
+      nonfinite.NonFiniteMonitor(cfg.nonfinite, meta.get("nonfinite")), meta.get("train_top1"))
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.total_steps, writer=run.writer,
                                              every_steps=cfg.log_every or None)
+  compile_watch = _CompileWatch(run)
   pending = None
   last_log = (run.start_step, time.monotonic())
   saved = run.start_step  # on disk, or (step 0) reproducible from the seed
@@ -273,14 +242,13 @@ def _train_loop(run: _Run) -> dict[str, float]:
           tracked.add(*pending)  # never save a state reached through a non-finite step
         if step != saved:
           run.state = run.step_fn.unflatten(leaves)
-          _save_checkpoint(run, step, positions, tracked)
+          _save_checkpoint(run, step, tracked)
         raise preemption.Preempted(step, run.ckpt.directory)
       names = run.mixture.datasets_at(step)
-      batches = tuple(device.to_device(run.mesh, next(iterators[n]), index[n], run.rules)
+      batches = tuple(device.to_device(run.mesh, run.streams.next_batch(n), index[n], run.rules)
                       for n in names)
-      for name in names:
-        positions[name] += 1
-      leaves, metrics = run.step_fn(leaves, batches, rng)
+      run.timing.mark("first_batch")
+      leaves, metrics = compile_watch.step(leaves, batches, rng, names)
       if pending is not None:
         tracked.add(*pending)  # the previous step: its result is ready by now
       pending, done = (step, names, metrics), step + 1
@@ -294,7 +262,7 @@ def _train_loop(run: _Run) -> dict[str, float]:
         last_log = _log_train(run, tracked, done, last_log)
       if _due(done, cfg.checkpoint_every, cfg.total_steps):
         run.state = run.step_fn.unflatten(leaves)
-        _save_checkpoint(run, done, positions, tracked)
+        _save_checkpoint(run, done, tracked)
         saved = done
       if _due(done, cfg.eval_every, None) and done < cfg.total_steps:
         run.state = run.step_fn.unflatten(leaves)
@@ -302,11 +270,36 @@ def _train_loop(run: _Run) -> dict[str, float]:
     run.state = run.step_fn.unflatten(leaves)
     if preempt.reached(cfg.total_steps):  # the last step is saved: skip the final evaluation
       raise preemption.Preempted(cfg.total_steps, run.ckpt.directory)
+  run.timing.mark("trained")
   return tracked.last_top1
 
 
-def _save_checkpoint(run: _Run, done: int, positions: dict[str, int],
-                     tracked: _TrainMetrics) -> None:
+class _CompileWatch:
+  """Runs the step; says which input shapes it compiles for, and times each first call."""
+
+  def __init__(self, run: _Run):
+    self.run, self.seen = run, set()
+
+  def step(self, leaves, batches, rng, names):
+    shape = " + ".join(_describe_batch(b) for b in batches)
+    if shape in self.seen:
+      return self.run.step_fn(leaves, batches, rng)
+    self.seen.add(shape)
+    _say(f"compiling the train step for {shape} ({', '.join(names)}; once per input shape)")
+    start = time.time()
+    out = self.run.step_fn(leaves, batches, rng)
+    jax.block_until_ready(out[1])
+    self.run.timing.compile_s[shape] = time.time() - start
+    self.run.timing.mark("first_step")
+    return out
+
+
+def _describe_batch(batch: dict) -> str:
+  b, t, h, w, _ = batch["video"].shape
+  return f"{b} x {t}-frame {h}x{w} clips" if t > 1 else f"{b} {h}x{w} images"
+
+
+def _save_checkpoint(run: _Run, done: int, tracked: train_metrics.TrainMetrics) -> None:
   """Saves the state after `done` steps (asynchronously) with the run's bookkeeping.
 
   The meta is a plain JSON dict: add keys freely (readers use `.get`).
@@ -316,59 +309,37 @@ def _save_checkpoint(run: _Run, done: int, positions: dict[str, int],
           "class_names": {n: list(s.class_names) for n, s in run.specs.items()},
           # predict decodes a video as its dataset's videos were prepared.
           "prepared": {n: s.source.prepared for n, s in run.specs.items()},
-          "input_position": dict(positions), "stream_positions": _stream_positions(run),
-          "nonfinite": tracked.nonfinite.state()}
+          "input_position": dict(run.streams.positions),
+          "stream_positions": run.streams.stream_positions(),
+          "nonfinite": tracked.nonfinite.state(), "train_top1": dict(tracked.last_top1)}
   run.ckpt.save(done, run.state, meta)
-
-
-def _per_shard_totals(run: _Run, value_of) -> dict[str, np.ndarray]:
-  """Each dataset's `value_of(counter)` per input shard, from every process.
-
-  A collective when there are several processes (all of them call it): each
-  process holds the counters of only the shards it reads.
-  """
-  names = sorted(run.skip_counters)
-  num_shards = shards.resolve_num_shards(run.config.input.shards, jax.process_count())
-  local = np.zeros((len(names), num_shards), np.int32)  # every shard is read by one process
-  for i, name in enumerate(names):
-    for shard, counter in run.skip_counters[name].items():
-      local[i, shard] = value_of(counter)
-  if jax.process_count() > 1:
-    local = np.asarray(multihost_utils.process_allgather(local)).sum(axis=0)
-  return {name: local[i] for i, name in enumerate(names)}
-
-
-def _stream_positions(run: _Run) -> dict[str, list[int]]:
-  """Each dataset's next stream position per input shard (process 0 writes the meta)."""
-  return {name: [int(p) for p in positions]
-          for name, positions in _per_shard_totals(run, lambda c: c.next_position).items()}
 
 
 def _due(done: int, every: int, last: int | None) -> bool:
   return (every > 0 and done % every == 0) or done == last
 
 
-def _log_train(run: _Run, tracked: _TrainMetrics, done: int, last_log):
+def _log_train(run: _Run, tracked: train_metrics.TrainMetrics, done: int, last_log):
   scalars = tracked.summary()
-  # Records skipped since the run (re)started, summed over every process's shards.
-  for name, skipped in _per_shard_totals(run, lambda c: c.skipped).items():
-    scalars[f"train/{name}/skipped_records"] = float(skipped.sum())
+  for name, skipped in run.streams.skipped_records().items():
+    scalars[f"train/{name}/skipped_records"] = float(skipped)
   run.writer.write_scalars(done, scalars)
   now = time.monotonic()
   steps_per_sec = (done - last_log[0]) / max(now - last_log[1], 1e-9)
+  run.timing.steps_per_sec.append(steps_per_sec)
   eta = (run.config.total_steps - done) / max(steps_per_sec, 1e-9)
   per_dataset = "  ".join(
       f"{n}: loss {scalars[f'train/{n}/loss']:.3f} top1 {scalars[f'train/{n}/top1']:.2f}"
       for n in run.names if f"train/{n}/loss" in scalars)
-  if jax.process_index() == 0:
-    print(f"step {done}/{run.config.total_steps}  {per_dataset}  "
-          f"| {steps_per_sec:.2f} steps/s, ETA {eta:.0f}s", flush=True)
+  _say(f"step {done}/{run.config.total_steps}  {per_dataset}  "
+       f"| {steps_per_sec:.2f} steps/s, ETA {eta:.0f}s")
   return done, now
 
 
 def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
   results = {}
   to_device = functools.partial(device.to_device, run.mesh, rules=run.rules)
+  run.timing.mark("eval_start")
   with jax.set_mesh(run.mesh):
     for i, name in enumerate(run.names):
       if not run.specs[name].config.eval_split:
@@ -381,7 +352,23 @@ def _evaluate_all(run: _Run, state, step: int) -> dict[str, dict[str, float]]:
       results[name] = eval_step.evaluate_dataset(
           run.eval_fn, state.params, ds.as_numpy_iterator(), i, to_device,
           expected_videos=run.specs[name].num_test_examples)
+  run.timing.marks["eval_end"] = time.time()
   run.writer.write_scalars(step, table.scalars(results))
-  if jax.process_index() == 0:
-    print(f"eval @ step {step}: {table.format_line(results)}", flush=True)
+  not_evaluated = [n for n in run.names if n not in results]
+  line = table.format_line(results)
+  if not_evaluated:
+    line += ("  " if line else "") + ", ".join(not_evaluated) + ": no eval split"
+  _say(f"eval @ step {step}: {line}")
   return results
+
+
+def _close(run: _Run) -> None:
+  """Input pipelines first, then checkpoints (waiting for the last save), then writers."""
+  if run.streams is not None:
+    run.streams.close()
+  run.eval_datasets.clear()
+  run.ckpt.close()
+  run.timing.mark("checkpoints_closed")
+  run.writer.close()
+  if not run.read_only and jax.process_index() == 0:
+    run.timing.write(workdir_lib.path(run.workdir, workdir_lib.TIMING))
