@@ -29,10 +29,7 @@ import json
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 from absl import app, flags, logging
-from flax import nnx
 
 from cover_jax.checkpoint import manager
 from cover_jax.config import defaults
@@ -116,26 +113,10 @@ def convert(input_path: str, output: str, *, fmt: str = "auto", num_heads=None, 
   meta = {"step": 0, "config": config.to_json(), "class_names": class_names, "prepared": prepared,
           "converted_from": {"path": os.path.abspath(input_path), "format": weights.format,
                              "num_heads_from": weights.info.heads_from, "report": report.summary()}}
-  _write(output, _params_tree(arrays, model_config, num_classes), config, meta)
+  manager.write_params_only(output, loader.params_state(arrays, model_config, num_classes),
+                            config.to_json(indent=2), meta)
   logging.info("converted %s (%s): %s", input_path, weights.format, report.summary())
   return json.loads(config.to_json())
-
-
-def _params_tree(arrays: dict, model_config, num_classes: dict):
-  """The model's nnx.State of parameters, every leaf from `arrays`."""
-  model = nnx.eval_shape(lambda: cover.build_model(model_config, num_classes, nnx.Rngs(0)))
-  return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: jnp.asarray(arrays[loader.flat_key(path)], leaf.dtype),
-      nnx.state(model, nnx.Param))
-
-
-def _write(output: str, params, config, meta: dict) -> None:
-  ckpt = manager.Checkpointer(os.path.join(output, "checkpoints"), max_to_keep=1,
-                                 asynchronous=False)
-  ckpt.save(0, {"step": jnp.zeros((), jnp.int32), "params": params}, meta)
-  ckpt.close()
-  with open(os.path.join(output, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2) + "\n")
 
 
 def _dataset_name(name: str | None) -> str:

@@ -40,7 +40,7 @@ from flax import nnx
 
 from cover_jax.checkpoint import manager
 from cover_jax.evaluation import step as eval_step, views
-from cover_jax.models import cover
+from cover_jax.models import block_stack, cover
 from cover_jax.prepare import annotations, video_decode, video_records
 from cover_jax.pretrained import files, loader, orbax_init
 
@@ -77,10 +77,13 @@ def load(checkpoint_dir: str) -> Checkpoint:
   num_classes = {name: int(ds.num_classes) for name, ds in config.datasets.items()}
   model = cover.build_model(config.model, num_classes, nnx.Rngs(0))
   state = nnx.state(model, nnx.Param)
-  missing = sorted(set(loader.param_shapes(state)) - set(weights.params))
+  # Checkpoints are read per block; a scanned model holds its blocks stacked.
+  arrays = (block_stack.stack_flat(weights.params) if config.model.get("scan_layers", False)
+            else weights.params)
+  missing = sorted(set(loader.param_shapes(state)) - set(arrays))
   if missing:
     raise PredictError(f"{weights.path} lacks parameters of its own config's model: {missing[:5]}")
-  nnx.update(model, loader.replace_params(state, weights.params,
+  nnx.update(model, loader.replace_params(state, arrays,
                                           jax.tree.map(lambda x: x.sharding, state)))
   names = {n: weights.info.class_names.get(n) or [f"class_{i}" for i in range(c)]
            for n, c in num_classes.items()}

@@ -7,6 +7,12 @@ The layout (the one place it is written down; every reader goes through here):
   <workdir>/checkpoints/<step>/meta/    Orbax JSON: the config (as JSON text), the
                                         class names per head, input positions, ...
 
+A parameters-only checkpoint (a `convert` output, an `export --format=orbax`
+release) is a directory with one step 0 and the config beside it:
+
+  <dir>/checkpoints/0/{state,meta}      state: {step, params}
+  <dir>/config.json                     the config (the meta's, indented)
+
 Each checkpoint holds these two items: `state` (arrays, restored bit-exactly
 onto the current mesh's shardings) and `meta` (the config and the run's
 bookkeeping). A damaged latest checkpoint
@@ -90,6 +96,17 @@ def restore_params(step_dir: str) -> dict:
   restored = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
       item=item, restore_args=restore_args, partial_restore=True))
   return restored["params"]
+
+
+def write_params_only(directory: str, params, config_json: str, meta: dict) -> str:
+  """Writes a parameters-only checkpoint (see the module docstring); returns its step dir."""
+  checkpoints = os.path.join(directory, CHECKPOINTS)
+  ckpt = Checkpointer(checkpoints, max_to_keep=1, asynchronous=False)
+  ckpt.save(0, {"step": np.zeros((), np.int32), "params": params}, meta)
+  ckpt.close()
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    f.write(config_json + "\n")
+  return os.path.join(checkpoints, "0")
 
 
 def _map_leaves(tree, fn):

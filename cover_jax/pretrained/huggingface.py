@@ -1,4 +1,4 @@
-"""HuggingFace TimeSformer checkpoints -> the official key names -> our layout.
+"""HuggingFace TimeSformer checkpoints -> the official key names -> our layout (and back).
 
 ``transformers``' ``TimesformerForVideoClassification`` is the official model
 with other names: the mapping below is one-to-one (checked by logits parity
@@ -16,6 +16,12 @@ embedding).
 A model directory holds ``config.json`` (heads, sizes, ``id2label``) and
 ``model.safetensors`` or ``pytorch_model.bin``; a weights file can also be
 given directly, with ``config.json`` beside it.
+
+The name table (`_NAMES`) is read both ways: `to_official` on import,
+`from_official` on export (`hf_export.py`). Our own exports carry a
+``cover_jax_export`` entry in config.json; for those the head's dataset name,
+stride and the processor's mean/std are taken as exported (the released HF
+repos list mean/std that their weights were not trained with).
 """
 
 from __future__ import annotations
@@ -28,43 +34,82 @@ import re
 import numpy as np
 
 from cover_jax.pretrained import files, timesformer_torch
-from cover_jax.pretrained.weights import HALF, CheckpointInfo, PretrainedWeights
+from cover_jax.pretrained.weights import HALF, CheckpointInfo, PretrainedError, PretrainedWeights
 
-# (HF pattern, official replacement), applied to the key without "timesformer.".
-_RENAMES = (
-    (r"^embeddings\.cls_token$", "cls_token"),
-    (r"^embeddings\.position_embeddings$", "pos_embed"),
-    (r"^embeddings\.time_embeddings$", "time_embed"),
-    (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-    (r"^encoder\.layer\.(\d+)\.attention\.attention\.qkv\.", r"blocks.\1.attn.qkv."),
-    (r"^encoder\.layer\.(\d+)\.attention\.output\.dense\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layer\.(\d+)\.temporal_layernorm\.", r"blocks.\1.temporal_norm1."),
-    (r"^encoder\.layer\.(\d+)\.temporal_attention\.attention\.qkv\.", r"blocks.\1.temporal_attn.qkv."),
-    (r"^encoder\.layer\.(\d+)\.temporal_attention\.output\.dense\.", r"blocks.\1.temporal_attn.proj."),
-    (r"^encoder\.layer\.(\d+)\.temporal_dense\.", r"blocks.\1.temporal_fc."),
-    (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
-    (r"^layernorm\.", "norm."),
-    (r"^classifier\.", "head."),
+# (HF name, official name) without "timesformer.": a whole key, or a module (ending
+# in '.') whose weight and bias follow; {i}: a block index. Read both ways.
+_NAMES = (
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    ("embeddings.time_embeddings", "time_embed"),
+    ("embeddings.patch_embeddings.projection.", "patch_embed.proj."),
+    ("encoder.layer.{i}.layernorm_before.", "blocks.{i}.norm1."),
+    ("encoder.layer.{i}.layernorm_after.", "blocks.{i}.norm2."),
+    ("encoder.layer.{i}.attention.attention.qkv.", "blocks.{i}.attn.qkv."),
+    ("encoder.layer.{i}.attention.output.dense.", "blocks.{i}.attn.proj."),
+    ("encoder.layer.{i}.temporal_layernorm.", "blocks.{i}.temporal_norm1."),
+    ("encoder.layer.{i}.temporal_attention.attention.qkv.", "blocks.{i}.temporal_attn.qkv."),
+    ("encoder.layer.{i}.temporal_attention.output.dense.", "blocks.{i}.temporal_attn.proj."),
+    ("encoder.layer.{i}.temporal_dense.", "blocks.{i}.temporal_fc."),
+    ("encoder.layer.{i}.intermediate.dense.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layer.{i}.output.dense.", "blocks.{i}.mlp.fc2."),
+    ("layernorm.", "norm."),
+    ("classifier.", "head."),  # HF's classifier sits outside "timesformer."
 )
 _PREFIX = "timesformer."
+# config.json's entry in our exports (hf_export.py): the head's dataset and stride; its
+# presence says the processor's mean/std are the model's (released HF repos' are not).
+EXPORT_KEY = "cover_jax_export"
+_OUTSIDE_PREFIX = "classifier."
+
+
+def _rules(source: int) -> tuple[tuple[re.Pattern, str], ...]:
+  """(pattern, replacement) per `_NAMES` entry, from column `source` to the other one."""
+  rules = []
+  for names in _NAMES:
+    theirs, target = names[source], names[1 - source]
+    pattern = r"(\d+)".join(re.escape(part) for part in theirs.split("{i}"))
+    rules.append((re.compile(f"^{pattern}" + ("" if theirs.endswith(".") else "$")),
+                  target.replace("{i}", r"\1")))
+  return tuple(rules)
+
+
+_TO_OFFICIAL, _TO_HF = _rules(0), _rules(1)
+
+
+def _rename(key: str, rules) -> str | None:
+  for pattern, replacement in rules:
+    renamed, count = pattern.subn(replacement, key)
+    if count:
+      return renamed
+  return None
 
 
 def to_official(hf_state: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, str], list[str]]:
   """(official state dict, official key -> HF key, HF keys with no official name)."""
   state, sources, unknown = {}, {}, []
   for key, value in hf_state.items():
-    bare = key[len(_PREFIX):] if key.startswith(_PREFIX) else key
-    for pattern, replacement in _RENAMES:
-      official, count = re.subn(pattern, replacement, bare)
-      if count:
-        state[official], sources[official] = value, key
-        break
-    else:
+    official = _rename(key[len(_PREFIX):] if key.startswith(_PREFIX) else key, _TO_OFFICIAL)
+    if official is None:
       unknown.append(key)
+    else:
+      state[official], sources[official] = value, key
   return state, sources, unknown
+
+
+def from_official(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The HF state dict (``TimesformerForVideoClassification``'s names) of an official one.
+
+  Raises:
+    PretrainedError: a key with no HuggingFace name.
+  """
+  out = {}
+  for key, value in state.items():
+    name = _rename(key, _TO_HF)
+    if name is None:
+      raise PretrainedError(f"{key}: no HuggingFace TimeSformer name")
+    out[name if name.startswith(_OUTSIDE_PREFIX) else _PREFIX + name] = value
+  return out
 
 
 def weights_and_config_paths(path: str) -> tuple[str, str | None]:
@@ -111,7 +156,7 @@ def info_from_config(config: dict, config_path: str) -> CheckpointInfo:
   if id2label:
     info.class_names["head"] = [id2label.get(str(i), id2label.get(i, str(i)))
                                 for i in range(len(id2label))]
-  _warn_about_preprocessor(os.path.dirname(config_path))
+  _normalisation(info, config, os.path.dirname(config_path))
   return info
 
 
@@ -136,14 +181,20 @@ def _check_supported(config: dict, config_path: str) -> None:
         f"{', '.join(problems)}; its weights cannot reproduce the model here.")
 
 
-def _warn_about_preprocessor(directory: str) -> None:
+def _normalisation(info: CheckpointInfo, config: dict, directory: str) -> None:
+  """Our own exports: head name, stride and normalisation as exported; others: mean = std = 0.5."""
   path = os.path.join(directory, "preprocessor_config.json")
-  if not files.isfile(path):
-    return
-  with files.open_file(path, "r") as f:
-    pre = json.load(f)
+  pre = {}
+  if files.isfile(path):
+    with files.open_file(path, "r") as f:
+      pre = json.load(f)
   mean, std = pre.get("image_mean"), pre.get("image_std")
-  if mean and std and (tuple(mean), tuple(std)) != (HALF, HALF):
+  exported = config.get(EXPORT_KEY)
+  if isinstance(exported, dict):  # written by `cover_jax.export`: its processor is the model's
+    info.dataset, info.stride = exported.get("dataset"), exported.get("stride")
+    if mean and std:
+      info.mean, info.std = tuple(mean), tuple(std)
+  elif mean and std and (tuple(mean), tuple(std)) != (HALF, HALF):
     logging.warning("%s lists image_mean=%s image_std=%s; the released TimeSformer weights were "
                     "trained on [0, 1] frames normalised with mean = std = 0.5, which is what "
                     "the converted config uses (change config.input.mean/std to override).",

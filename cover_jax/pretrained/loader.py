@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -103,6 +104,14 @@ def flat_key(path) -> str:
 def model_param_shapes(model_config, num_classes: dict[str, int]) -> dict[str, tuple[int, ...]]:
   model = nnx.eval_shape(lambda: cover.build_model(model_config, num_classes, nnx.Rngs(0)))
   return param_shapes(nnx.state(model, nnx.Param))
+
+
+def params_state(arrays: dict[str, np.ndarray], model_config, num_classes: dict[str, int]):
+  """The model's nnx.State of parameters (host arrays), every leaf from `arrays` (flat paths)."""
+  model = nnx.eval_shape(lambda: cover.build_model(model_config, num_classes, nnx.Rngs(0)))
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jnp.asarray(arrays[flat_key(path)], leaf.dtype),
+      nnx.state(model, nnx.Param))
 
 
 def load_pretrained(path: str, fmt: str, model_config, target_shapes: dict[str, tuple[int, ...]], *,

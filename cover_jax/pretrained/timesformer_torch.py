@@ -19,18 +19,24 @@ index is ``h*D/H + k``, so its transpose reshapes to ``proj_kernel``
 give: it comes from the caller (the configured model), the checkpoint's cfg
 (``MODEL.MODEL_NAME``, e.g. ``vit_base_patch16_224``) or the standard
 variant of that width.
+
+One table (`name_table`: official key, our path, layout) serves both ways:
+`convert` reads official weights into ours, `from_ours` writes ours back
+(export to HuggingFace, `hf_export.py`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Callable
 
 import numpy as np
 
 from cover_jax.pretrained import files
-from cover_jax.pretrained.weights import CheckpointInfo, PretrainedWeights
+from cover_jax.pretrained.weights import CheckpointInfo, PretrainedError, PretrainedWeights
 
-# Official module name -> ours, within a block and at the top level.
+# Official module name -> ours, within a block.
 _BLOCK_LINEARS = {"temporal_fc": "temporal_fc", "mlp.fc1": "mlp/fc1", "mlp.fc2": "mlp/fc2"}
 _BLOCK_NORMS = {"norm1": "norm1", "norm2": "norm2", "temporal_norm1": "temporal_norm1"}
 _ATTENTIONS = {"attn": "attn", "temporal_attn": "temporal_attn"}
@@ -96,6 +102,66 @@ def info_from_cfg(cfg) -> CheckpointInfo:
   return info
 
 
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """How one official array becomes ours and back (see the module docstring)."""
+  to_ours: Callable[[np.ndarray, int], np.ndarray]  # (array, attention heads) -> ours
+  to_official: Callable[[np.ndarray], np.ndarray]
+
+
+_SAME = Layout(lambda v, heads: v, lambda v: v)
+_LINEAR = Layout(lambda v, heads: v.T, lambda v: v.T)  # nn.Linear (out, in) <-> kernel (in, out)
+_PATCH = Layout(lambda v, heads: v.transpose(2, 3, 1, 0),  # Conv2d (D, 3, p, p) <-> (p, p, 3, D)
+                lambda v: v.transpose(3, 2, 0, 1))
+_CLS = Layout(lambda v, heads: v.reshape(-1), lambda v: v.reshape(1, 1, -1))  # (1, 1, D) <-> (D,)
+_UNBATCHED = Layout(lambda v, heads: v[0], lambda v: v[None])  # (1, L, D) <-> (L, D)
+_QKV = Layout(lambda v, heads: v.T.reshape(v.shape[1], 3, heads, -1),  # (3D, D) <-> (D, 3, H, D/H)
+              lambda v: v.reshape(v.shape[0], -1).T)
+_QKV_BIAS = Layout(lambda v, heads: v.reshape(3, heads, -1), lambda v: v.reshape(-1))
+_PROJ = Layout(lambda v, heads: v.T.reshape(heads, -1, v.shape[0]),  # (D, D) <-> (H, D/H, D)
+               lambda v: v.reshape(-1, v.shape[-1]).T)
+
+
+def _norm(theirs: str, ours: str):
+  return ((f"{theirs}.weight", f"{ours}/scale", _SAME), (f"{theirs}.bias", f"{ours}/bias", _SAME))
+
+
+def _linear(theirs: str, ours: str):
+  return ((f"{theirs}.weight", f"{ours}/kernel", _LINEAR),
+          (f"{theirs}.bias", f"{ours}/bias", _SAME))
+
+
+def _attention(theirs: str, ours: str):
+  return ((f"{theirs}.qkv.weight", f"{ours}/qkv_kernel", _QKV),
+          (f"{theirs}.qkv.bias", f"{ours}/qkv_bias", _QKV_BIAS),
+          (f"{theirs}.proj.weight", f"{ours}/proj_kernel", _PROJ),
+          (f"{theirs}.proj.bias", f"{ours}/proj_bias", _SAME))
+
+
+_TOP = (("patch_embed.proj.weight", "backbone/patch_kernel", _PATCH),
+        ("patch_embed.proj.bias", "backbone/patch_bias", _SAME),
+        ("cls_token", "backbone/cls_token", _CLS),
+        ("pos_embed", "backbone/pos_embed", _UNBATCHED),
+        ("time_embed", "backbone/time_embed", _UNBATCHED),
+        *_norm("norm", "backbone/norm"), *_linear("head", "heads/head"))
+_BLOCK = (*(e for t, o in _BLOCK_NORMS.items() for e in _norm(t, o)),
+          *(e for t, o in _BLOCK_LINEARS.items() for e in _linear(t, o)),
+          *(e for t, o in _ATTENTIONS.items() for e in _attention(t, o)))
+
+
+def name_table(block_indices) -> list[tuple[str, str, Layout]]:
+  """(official key, our flat path, layout) of every parameter; the one table both ways.
+
+  The single classification head is the official `head`, ours `heads/head`.
+  """
+  return [*_TOP, *((f"blocks.{i}.{theirs}", f"backbone/blocks/{i}/{ours}", layout)
+                   for i in sorted(block_indices) for theirs, ours, layout in _BLOCK)]
+
+
+def _block_indices(keys, pattern: str) -> set[int]:
+  return {int(m.group(1)) for k in keys if (m := re.match(pattern, k))}
+
+
 def convert(state: dict[str, np.ndarray], num_heads: int, *, path: str, fmt: str,
             info: CheckpointInfo, sources: dict[str, str] | None = None,
             dropped: dict[str, str] | None = None) -> PretrainedWeights:
@@ -109,19 +175,12 @@ def convert(state: dict[str, np.ndarray], num_heads: int, *, path: str, fmt: str
   sources = sources or {}
   out = PretrainedWeights(path=path, format=fmt, params={}, sources={}, info=info,
                           dropped=dict(dropped or {}))
-  consumed: set[str] = set()
-
-  def take(key: str) -> np.ndarray:
-    consumed.add(key)
-    return state[key]
-
-  def put(ours: str, value: np.ndarray, key: str) -> None:
-    out.params[ours] = value
-    out.sources[ours] = sources.get(key, key)
-
-  _convert_top(state, take, put)
-  for index in sorted({int(k.split(".")[1]) for k in state if re.match(r"^blocks\.\d+\.", k)}):
-    _convert_block(state, f"blocks.{index}.", f"backbone/blocks/{index}/", num_heads, take, put)
+  consumed = set()
+  for theirs, ours, layout in name_table(_block_indices(state, r"^blocks\.(\d+)\.")):
+    if theirs in state:
+      out.params[ours] = layout.to_ours(state[theirs], num_heads)
+      out.sources[ours] = sources.get(theirs, theirs)
+      consumed.add(theirs)
   out.unexpected = [sources.get(k, k) for k in sorted(set(state) - consumed)]
   out.info.attention_type = out.info.attention_type or attention_type_of(state)
   if "time_embed" in state:
@@ -129,64 +188,30 @@ def convert(state: dict[str, np.ndarray], num_heads: int, *, path: str, fmt: str
   return out
 
 
+def from_ours(params: dict[str, np.ndarray], head: str) -> dict[str, np.ndarray]:
+  """The official state dict of our per-block parameters, with head `head` as its `head`.
+
+  The inverse of `convert` (same table). Other heads are left out.
+
+  Raises:
+    PretrainedError: a parameter of ours has no official name (not a TimeSformer of ours).
+  """
+  mine = f"heads/{head}/"
+  flat = {("heads/head/" + k[len(mine):] if k.startswith(mine) else k): v
+          for k, v in params.items() if not k.startswith("heads/") or k.startswith(mine)}
+  table = name_table(_block_indices(flat, r"^backbone/blocks/(\d+)/"))
+  state = {theirs: layout.to_official(np.asarray(flat[ours]))
+           for theirs, ours, layout in table if ours in flat}
+  left = sorted(set(flat) - {ours for _, ours, _ in table})
+  if left:
+    raise PretrainedError(f"parameters with no official TimeSformer name: {left[:8]}")
+  return state
+
+
 def attention_type_of(state) -> str:
   if any(".temporal_attn." in k for k in state):
     return "divided_space_time"
   return "joint_space_time" if "time_embed" in state else "space_only"
-
-
-def _convert_top(state, take, put) -> None:
-  if "patch_embed.proj.weight" in state:  # Conv2d (D, 3, p, p) -> (p, p, 3, D)
-    put("backbone/patch_kernel", take("patch_embed.proj.weight").transpose(2, 3, 1, 0),
-        "patch_embed.proj.weight")
-  if "patch_embed.proj.bias" in state:
-    put("backbone/patch_bias", take("patch_embed.proj.bias"), "patch_embed.proj.bias")
-  for key, ours in (("cls_token", "cls_token"), ("pos_embed", "pos_embed"), ("time_embed", "time_embed")):
-    if key in state:
-      value = take(key)
-      put(f"backbone/{ours}", value.reshape(-1) if key == "cls_token" else value[0], key)
-  _norm(state, "norm.", "backbone/norm/", take, put)
-  _linear(state, "head.", "heads/head/", take, put)
-
-
-def _norm(state, prefix, ours, take, put) -> None:
-  for theirs, mine in (("weight", "scale"), ("bias", "bias")):
-    if prefix + theirs in state:
-      put(ours + mine, take(prefix + theirs), prefix + theirs)
-
-
-def _linear(state, prefix, ours, take, put) -> None:
-  if prefix + "weight" in state:
-    put(ours + "kernel", take(prefix + "weight").T, prefix + "weight")
-  if prefix + "bias" in state:
-    put(ours + "bias", take(prefix + "bias"), prefix + "bias")
-
-
-def _convert_block(state, prefix, ours, num_heads, take, put) -> None:
-  for theirs, mine in _BLOCK_NORMS.items():
-    _norm(state, f"{prefix}{theirs}.", f"{ours}{mine}/", take, put)
-  for theirs, mine in _BLOCK_LINEARS.items():
-    _linear(state, f"{prefix}{theirs}.", f"{ours}{mine}/", take, put)
-  for theirs, mine in _ATTENTIONS.items():
-    _attention(state, f"{prefix}{theirs}.", f"{ours}{mine}/", num_heads, take, put)
-
-
-def _attention(state, prefix, ours, num_heads, take, put) -> None:
-  """qkv (3D, D) -> (D, 3, H, D/H); proj (D, D) -> (H, D/H, D)."""
-  key = prefix + "qkv.weight"
-  if key in state:
-    width = state[key].shape[1]
-    head_dim = width // num_heads
-    put(ours + "qkv_kernel", take(key).T.reshape(width, 3, num_heads, head_dim), key)
-    if prefix + "qkv.bias" in state:
-      put(ours + "qkv_bias", take(prefix + "qkv.bias").reshape(3, num_heads, head_dim),
-          prefix + "qkv.bias")
-  key = prefix + "proj.weight"
-  if key in state:
-    width = state[key].shape[0]
-    put(ours + "proj_kernel", take(key).T.reshape(num_heads, width // num_heads, width), key)
-    if prefix + "proj.bias" in state:
-      put(ours + "proj_bias", take(prefix + "proj.bias"), prefix + "proj.bias")
 
 
 def width_of(state: dict[str, np.ndarray]) -> int | None:
