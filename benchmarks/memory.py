@@ -125,6 +125,19 @@ def time_steps(compiled, built, batch_abstract, mesh, steps: int) -> float | Non
   return statistics.median(times)
 
 
+def select_knobs(names: str) -> list[Knob]:
+  """The knobs named (comma-separated; '' = all), baseline first; unknown names are an error."""
+  if not names:
+    return list(KNOBS)
+  wanted = [n.strip() for n in names.split(",") if n.strip()]
+  known = {k.name: k for k in KNOBS}
+  unknown = [n for n in wanted if n not in known]
+  if unknown:
+    raise SystemExit(f"error: --knobs: unknown knob(s) {unknown}; known: {list(known)} "
+                     "(quote names with spaces, e.g. --knobs='baseline (f32),scan')")
+  return [k for k in KNOBS if k.name in wanted]
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--models", default="small,B/16", help=f"comma-separated: {list(MODELS)}")
@@ -135,22 +148,24 @@ def main(argv=None):
   args = parser.parse_args(argv)
   mesh = sharding.make_mesh((-1, 1, 1))  # data parallel over the local devices
   device = f"{jax.device_count()} x {jax.devices()[0].device_kind}"
-  knobs = [k for k in KNOBS if not args.knobs or k.name in args.knobs.split(",")]
+  knobs = select_knobs(args.knobs)
   for name in args.models.split(","):
     fields, default_batch = MODELS[name]
     batch = args.batch or default_batch * jax.device_count()
     print(f"\n{name} model, {fields['num_frames']}x{fields['image_size']}, global batch {batch}, "
           f"on {device} (MB per device)", flush=True)
     print(f"{'knob':<20} {'temp':>9} {'state':>9} {'peak':>9} {'s/step':>8} {'base/temp':>10}")
-    base = None
+    base = None  # the baseline row's temp memory: the ratio column needs that row
     for knob in knobs:
       compiled, built, batch_abstract = compile_step(fields, knob, batch, mesh)
       mem = memory_mb(compiled)
-      base = base or mem["temp"]
+      if knob is KNOBS[0]:
+        base = mem["temp"]
       seconds = time_steps(compiled, built, batch_abstract, mesh, args.steps)
+      ratio = "-" if base is None else f"{base / mem['temp']:.2f}x"
+      step_s = "-" if seconds is None else f"{seconds:.3f}"
       print(f"{knob.name:<20} {mem['temp']:>9.1f} {mem['state']:>9.1f} {mem['peak']:>9.1f} "
-            f"{'-' if seconds is None else f'{seconds:.3f}':>8} {base / mem['temp']:>9.2f}x",
-            flush=True)
+            f"{step_s:>8} {ratio:>10}", flush=True)
       del compiled
 
 

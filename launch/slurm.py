@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import shutil
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -96,6 +97,10 @@ def submit_commands(args) -> tuple[list[list[str]], list[str]]:
 
 def main(argv=None):
   args = parse(sys.argv[1:] if argv is None else argv)
+  if not args.dry_run and shutil.which("sbatch") is None:
+    # Checked before anything is created (the workdir included).
+    sys.exit("error: sbatch is not on the PATH: run this on a SLURM login node (or load the "
+             "SLURM module), or pass --dry-run to print the job script")
   cmds, stdin = submit_commands(args)
   commands.execute(cmds, args.dry_run, stdin_texts=stdin)
 

@@ -133,3 +133,17 @@ def test_cover_recipe_matches_its_documented_sources(arg):
     assert (config.model.variant, config.model.num_frames, config.model.image_size) == (
         "B/16", 8, 224)
     assert (config.optimizer.name, config.total_steps) == ("sgd", 30000)
+
+
+@pytest.mark.parametrize("path, arg, steps", [
+    ("configs/demo.py", "tiny=true", 6), ("configs/demo.py", "tiny=true,steps=4000", 4000),
+    ("configs/demo.py", None, 4000), ("configs/demo.py", "steps=300", 300),
+    ("configs/k400.py", "tiny=true", 4), ("configs/k400.py", "tiny=true,steps=30000", 30000),
+    ("configs/finetune.py", "tiny=true", 4), ("configs/finetune.py", None, 10000),
+    ("configs/finetune.py", "tiny=true,steps=10000", 10000),
+])
+def test_an_explicit_step_count_is_kept_and_tiny_variants_are_short(path, arg, steps):
+  config = load_config(path, arg)
+  assert config.total_steps == steps
+  if "tiny" in (arg or ""):
+    assert config.checkpoint_every < 10 and config.eval_every < 10

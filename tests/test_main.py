@@ -163,3 +163,57 @@ def test_runs_on_eight_devices_with_data_parallel_mesh(tiny_data_dir, tmp_path):
   assert result.returncode == 0, result.stderr[-3000:]
   assert "8 device(s)" in result.stdout
   assert "Final accuracy after 6 steps" in result.stdout
+
+
+def test_rerunning_a_finished_run_prints_its_results_and_writes_nothing(trained, tiny_data_dir):
+  workdir, first = trained
+  results_txt = (workdir / "results.txt").read_text()
+  metrics = (workdir / "metrics.jsonl").read_text()
+  again = _main(workdir, tiny_data_dir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "has finished all 6 steps" in again.stdout and results_txt.strip() in again.stdout
+  evaluated = _main(workdir, tiny_data_dir, mode="eval")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  # The train column comes from the checkpoint, not '-'.
+  motion = next(line for line in evaluated.stdout.splitlines() if line.startswith("motion"))
+  assert motion.split()[3] == next(line for line in results_txt.splitlines()
+                                   if line.startswith("motion")).split()[3] != "-"
+  assert (workdir / "results.txt").read_text() == results_txt
+  assert (workdir / "metrics.jsonl").read_text() == metrics  # no duplicate eval records
+
+
+@pytest.mark.parametrize("flag, says", [
+    ("--config.optimizer.learning_rat=3e-4",
+     "--config.optimizer.learning_rat: the config has no field 'learning_rat'. "
+     "Fix: --config.optimizer.learning_rate="),
+    ("--config.total_steps=abc", "--config.total_steps=abc: invalid literal for int()"),
+    ("--config=configs/demo.py:tiny=ture", "config argument tiny='ture': expected true or false"),
+    ("--config=configs/demo.py:datasets=motoin", "unknown dataset(s) ['motoin']"),
+    ("--config=configs/nope.py", "--config=configs/nope.py: no such config file"),
+])
+def test_config_mistakes_exit_2_with_one_line_naming_the_fix(tmp_path, flag, says):
+  cmd = [sys.executable, "-m", "cover_jax.main", "--config=configs/demo.py:tiny=true",
+         f"--workdir={tmp_path / 'w'}", flag]
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2, result.stderr[-3000:]
+  lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert len(lines) == 1 and says in lines[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_train_only_dataset_and_a_long_name_in_the_table(tiny_data_dir, tmp_path, capsys):
+  config = load_config(arg="tiny=true,datasets=appearance+motion", data_dir=tiny_data_dir,
+                       seed=SEED, total_steps=3, log_every=3, checkpoint_every=3)
+  with config.unlocked():
+    config.datasets["digits_appearance"] = config.datasets.appearance
+    del config.datasets["appearance"]
+    config.datasets.motion.eval_split = ""  # train only, as ImageNet-21k
+  outcome = loop.train_and_evaluate(config, str(tmp_path))
+  assert set(outcome.results) == {"digits_appearance"} and "motion" in outcome.train_top1
+  out = capsys.readouterr().out
+  assert "motion: no eval split" in out
+  table = (tmp_path / "results.txt").read_text().splitlines()
+  header, motion = table[0], next(line for line in table if line.startswith("motion"))
+  assert header.index("classes") > len("digits_appearance")  # the name column fits
+  assert header.startswith("dataset ") and "no eval split" in motion
+  assert f"{100 * outcome.train_top1['motion']:.1f}%" in motion

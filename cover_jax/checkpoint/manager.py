@@ -18,7 +18,8 @@ onto the current mesh's shardings) and `meta` (the config and the run's
 bookkeeping). A damaged latest checkpoint
 still shows up in `all_steps()` and only fails when restored, so restoring
 tries steps newest-first, each with a *fresh* CheckpointManager (a manager that
-failed once can fail on a good step too, see PITFALLS). Nothing is deleted:
+failed once can fail on a good step too: with Orbax 0.12, one that failed to
+restore a damaged step also failed on the good step before it). Nothing is deleted:
 a training run moves damaged steps aside (to `damaged-<step>-<time>`, which
 Orbax ignores), so that it can save that step again when it gets there.
 """

@@ -24,7 +24,9 @@ def parse_or_exit(argv: Sequence[str], config_flag) -> list[str]:
   """absl's flag parsing plus loading `config_flag`'s config; exits 2 with one line on error."""
   try:
     rest = flags.FLAGS(argv)
-    config_flag.value  # pylint: disable=pointless-statement  (loads the file, applies overrides)
+    # Loads the file and applies the overrides; a file that failed to load
+    # gives a stand-in that raises only when an attribute is read.
+    config_flag.value.keys  # pylint: disable=pointless-statement
   except (flags.Error, AttributeError, KeyError, OSError, ValueError, TypeError) as e:
     print(f"error: {explain(e, argv)}", file=sys.stderr)
     sys.exit(EXIT_STATUS)
@@ -33,14 +35,13 @@ def parse_or_exit(argv: Sequence[str], config_flag) -> list[str]:
 
 def explain(error: Exception, argv: Sequence[str]) -> str:
   """One line: which flag, what is wrong, and how to fix it."""
-  text = str(error.args[0] if isinstance(error, (KeyError, AttributeError)) and error.args
-             else error)
+  text = _message(error)
   if isinstance(error, (AttributeError, KeyError)) and "Did you mean" in text:
     return _unknown_field(text, argv)
   if "Error whilst parsing config file" in text:
     return _config_file_error(text, argv)
   if "Failed loading config file" in text or "No such file" in text:
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), "?")
+    path = _last_config_flag(argv).split("=", 1)[-1]
     return (f"--config={path}: no such config file. Fix: give the path of a config file, e.g. "
             "--config=configs/demo.py")
   flag_error = re.match(r"flag (--[^=\s]+)=(.*?): (.*)", text, re.S)
@@ -49,6 +50,21 @@ def explain(error: Exception, argv: Sequence[str]) -> str:
     return (f"{name}={value}: {why.strip().splitlines()[-1]}. Fix: give {name} a value of "
             "the field's type")
   return text.strip().splitlines()[-1]
+
+
+def _last_config_flag(argv: Sequence[str]) -> str:
+  """The --config=... flag that counts (absl keeps the last one given)."""
+  return next((a for a in reversed(list(argv)) if a.startswith("--config=")), "--config")
+
+
+def _message(error: BaseException) -> str:
+  """The innermost message: ml_collections wraps a KeyError('...') in an AttributeError."""
+  while isinstance(error, (KeyError, AttributeError)) and error.args:
+    inner = error.args[0]
+    if not isinstance(inner, BaseException):
+      return str(inner)
+    error = inner
+  return str(error)
 
 
 def _unknown_field(text: str, argv: Sequence[str]) -> str:
@@ -66,7 +82,7 @@ def _unknown_field(text: str, argv: Sequence[str]) -> str:
 
 def _config_file_error(text: str, argv: Sequence[str]) -> str:
   """The exception the config file's get_config raised (its last traceback line)."""
-  config = next((a for a in argv if a.startswith("--config=")), "--config")
+  config = _last_config_flag(argv)
   last = [line for line in text.strip().splitlines() if line.strip()][-1]
   message = last.split(": ", 1)[1] if re.match(r"^\w+(Error|Exception): ", last) else last
   return f"{config}: {message}"

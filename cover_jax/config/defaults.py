@@ -102,7 +102,7 @@ def model_config(**overrides) -> ml_collections.ConfigDict:
       # (keep block inputs only) | 'dots' (keep weight-matmul outputs).
       remat="none",
       # Stack the blocks' parameters and lax.scan over them: compile time
-      # independent of depth; checkpoints differ in layout (convert_checkpoint.py).
+      # independent of depth; checkpoints differ in layout (python -m cover_jax.checkpoint.relayout converts).
       scan_layers=False,
       # 'auto' | 'xla' | 'cudnn' (config/allowed.py ATTENTION_IMPLS): auto
       # uses cuDNN flash attention on GPU in bfloat16/float16, einsums elsewhere.

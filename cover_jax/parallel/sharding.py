@@ -42,15 +42,12 @@ LOGICAL_AXIS_RULES: Rules = (
     ("time", None),
     ("length", None),
     ("act_embed", None),
-    ("act_heads", "tensor"),
-    ("act_mlp", "tensor"),
     ("embed", "fsdp"),
     ("embed_out", None),
     ("heads", "tensor"),
     ("head_dim", None),
     ("mlp", "tensor"),
     ("qkv", None),
-    ("patch", None),
     ("classes", None),
     ("layers", None),  # the stacked-blocks axis of a scanned model (scan_layers)
 )
@@ -62,7 +59,9 @@ def make_mesh(mesh_shape: Sequence[int], devices=None) -> Mesh:
   Device order comes from `jax.make_mesh`, which follows the physical
   topology on TPU (rings for the inner axes). Axis types are Auto so that
   logical sharding constraints are hints to the SPMD partitioner rather than
-  assertions (see PITFALLS: `jax.make_mesh` defaults to Explicit axes).
+  assertions (`jax.make_mesh` defaults to Explicit axes since JAX 0.7, under
+  which a logical constraint that disagrees with an input's sharding is an
+  error instead of a resharding).
   """
   devices = list(jax.devices() if devices is None else np.asarray(devices).flat)
   shape = resolve_mesh_shape(mesh_shape, len(devices))

@@ -179,9 +179,11 @@ def prepare(options: PrepareOptions) -> dict:
                                     num_shards=num_shards, seed=options.seed)
   split_writer.check_or_save_plan(output_dir, options.split, _plan(options, clips, num_shards))
   split_writer.remove_stale_temp_files(output_dir, options.split)
+  todo = [t for t in tasks if split_writer.load_outcome(t) is None]  # the rest are finished
   outcomes = split_writer.write_shards(tasks, options.settings, workers=options.workers,
                                         progress=options.progress)
   entry = _split_report(options, clips, outcomes, time.time() - start)
+  entry["videos_this_run"] = sum(len(t.items) for t in todo)
   with _dataset_lock(output_dir):
     report = _read_report(output_dir)
     report["num_classes"] = len(names)
@@ -270,10 +272,13 @@ def _options_from_flags(values: dict) -> PrepareOptions:
 
 
 def _summary(output_dir: str, split: str, entry: dict) -> str:
-  rate = entry["videos_listed"] / max(entry["seconds_this_run"], 1e-9)
+  seconds, videos = entry["seconds_this_run"], entry.get("videos_this_run", 0)
+  # Shards finished by an earlier run are not part of this run's rate.
+  speed = (f"{videos / max(seconds, 0.1):.1f} videos/s" if videos
+           else "every shard was already written: nothing to do")
   lines = [f"{split}: {entry['videos_written']} of {entry['videos_listed']} videos written to "
            f"{entry['num_shards']} shard(s) in {output_dir}; {entry['videos_skipped']} skipped "
-           f"({entry['seconds_this_run']:.1f} s, {rate:.1f} videos/s incl. resumed shards)"]
+           f"({seconds:.1f} s, {speed})"]
   for skipped in entry["skipped_videos"][:5]:
     lines.append(f"  skipped {skipped['path']}: {skipped['reason']}")
   if entry["videos_skipped"] > 5:

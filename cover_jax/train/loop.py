@@ -149,8 +149,10 @@ def _write_results(run: _Run, results, train_top1) -> None:
     workdir_lib.write_results(run.workdir, run.config.total_steps, results, train_top1, text)
 
 
-def _setup(config, workdir: str, timing, read_only: bool = False) -> _Run:
+def _setup(config, workdir: str, timing: timing_lib.Timing | None = None,
+           read_only: bool = False) -> _Run:
   """The run's pieces, in the order they are needed (see the module docstring)."""
+  timing = timing or timing_lib.Timing()
   if not read_only:
     workdir_lib.ensure_writable(workdir)
     if jax.process_index() == 0:
