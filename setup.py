@@ -29,8 +29,10 @@ setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "dev": ["pytest==9.2.0"],
-        "tpu": ["jax[tpu]==0.10.2"],
+        # google-cloud-storage: Orbax's gs:// checkpoints (tests run a gs:// workdir
+        # against an offline stand-in, tests/fake_gcs.py).
+        "dev": ["pytest==9.2.0", "google-cloud-storage==3.17.1"],
+        "tpu": ["jax[tpu]==0.10.2", "google-cloud-storage==3.17.1"],
         "gpu": ["jax[cuda12]==0.10.2"],
         # Reading PyTorch checkpoints (.pyth, pytorch_model.bin) with
         # torch.load(weights_only=True); never needed for .npz / safetensors.

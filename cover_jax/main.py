@@ -79,8 +79,7 @@ def _failures():
 def main(argv):
   del argv
   config, workdir = _CONFIG.value, _WORKDIR.value
-  print(f"cover_jax: {_MODE.value} in {workdir} (config: {workdir}/config.json, "
-        f"log: {workdir}/log.txt)", flush=True)
+  print(f"cover_jax: {_MODE.value} in {workdir}", flush=True)
   # Only TensorFlow's warnings and errors (a skipped record's reason among
   # them), not its start-up notices; set before TensorFlow is imported.
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
@@ -107,7 +106,7 @@ def main(argv):
     if _MODE.value == "eval":
       loop.evaluate_checkpoint(config, workdir)
     else:
-      run_log.to_workdir(workdir)
+      print(f"config: {workdir}/config.json, log: {run_log.to_workdir(workdir)}", flush=True)
       loop.train_and_evaluate(config, workdir)
   except tuple(kind for kind, _, _ in failures) as e:
     status, prefix = next((s, p) for kind, s, p in failures if isinstance(e, kind))

@@ -101,13 +101,12 @@ def restore_params(step_dir: str) -> dict:
 
 def write_params_only(directory: str, params, config_json: str, meta: dict) -> str:
   """Writes a parameters-only checkpoint (see the module docstring); returns its step dir."""
-  checkpoints = os.path.join(directory, CHECKPOINTS)
-  ckpt = Checkpointer(checkpoints, max_to_keep=1, asynchronous=False)
+  checkpoints = epath.Path(directory) / CHECKPOINTS
+  ckpt = Checkpointer(str(checkpoints), max_to_keep=1, asynchronous=False)
   ckpt.save(0, {"step": np.zeros((), np.int32), "params": params}, meta)
   ckpt.close()
-  with open(os.path.join(directory, "config.json"), "w") as f:
-    f.write(config_json + "\n")
-  return os.path.join(checkpoints, "0")
+  (epath.Path(directory) / "config.json").write_text(config_json + "\n")
+  return str(checkpoints / "0")
 
 
 def _map_leaves(tree, fn):
@@ -121,7 +120,9 @@ class Checkpointer:
   """Periodic asynchronous saves, keep-N, and restore-latest-that-works."""
 
   def __init__(self, directory: str, *, max_to_keep: int, asynchronous: bool = True):
-    self.directory = os.path.abspath(directory)
+    # epath keeps a remote directory remote (os.path.abspath would turn
+    # gs://bucket/run into <cwd>/gs:/bucket/run).
+    self.directory = str(directory) if "://" in str(directory) else os.path.abspath(directory)
     self._options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=asynchronous, create=True)
     self._manager = self._new_manager()
@@ -129,7 +130,7 @@ class Checkpointer:
   def _new_manager(self) -> ocp.CheckpointManager:
     # Handlers named up front, so a step's metadata can be read before restoring it.
     return ocp.CheckpointManager(
-        self.directory, options=self._options,
+        epath.Path(self.directory), options=self._options,
         item_handlers={STATE: ocp.StandardCheckpointHandler(),
                        META: ocp.JsonCheckpointHandler()})
 
@@ -202,8 +203,8 @@ class Checkpointer:
   def _set_aside(self, steps) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     for step in steps:
-      target = os.path.join(self.directory, f"damaged-{step}-{stamp}")
-      os.rename(os.path.join(self.directory, str(step)), target)
+      target = epath.Path(self.directory) / f"damaged-{step}-{stamp}"
+      (epath.Path(self.directory) / str(step)).rename(target)
       logging.warning("moved damaged checkpoint step %d to %s", step, target)
     self._manager.close()
     self._manager = self._new_manager()  # forget the renamed steps

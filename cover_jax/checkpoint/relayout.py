@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 
 import jax
 import numpy as np
 from absl import app, flags
+from etils import epath
 
 from cover_jax.checkpoint import manager
 from cover_jax.models import block_stack
@@ -46,8 +46,8 @@ def relayout(workdir: str, output: str, scan_layers: bool | None = None) -> tupl
   Returns:
     (step, scan_layers of the written checkpoint).
   """
-  out_dir = os.path.join(output, "checkpoints")
-  if os.path.isdir(out_dir) and any(n.isdigit() for n in os.listdir(out_dir)):
+  out_dir = epath.Path(output) / manager.CHECKPOINTS
+  if out_dir.is_dir() and any(p.name.isdigit() for p in out_dir.iterdir()):
     raise RelayoutError(f"--output={output} already holds checkpoints: choose a new directory")
   for step_dir in manager.step_dirs(workdir):
     try:
@@ -66,8 +66,8 @@ def relayout(workdir: str, output: str, scan_layers: bool | None = None) -> tupl
     state = jax.tree.map(np.asarray, convert(state)) if target != saved else state
     config["model"]["scan_layers"] = target
     meta = {**meta, "config": json.dumps(config)}
-    step = int(os.path.basename(os.path.normpath(step_dir)))
-    writer = manager.Checkpointer(out_dir, max_to_keep=int(config.get("keep_checkpoints", 2)),
+    step = int(epath.Path(step_dir).name)
+    writer = manager.Checkpointer(str(out_dir), max_to_keep=int(config.get("keep_checkpoints", 2)),
                                      asynchronous=False)
     writer.save(step, state, meta)
     writer.close()

@@ -91,6 +91,7 @@ def finished_results(workdir, total_steps: int) -> dict | None:
 def ensure_writable(workdir: str) -> None:
   """Creates `workdir` if needed and proves a file can be written there."""
   if is_remote(workdir):
+    _ensure_remote_writable(workdir)
     return
   probe = os.path.join(workdir, f".write-probe-{jax.process_index()}-{os.getpid()}")
   try:
@@ -107,6 +108,28 @@ def ensure_writable(workdir: str) -> None:
   finally:
     if os.path.exists(probe):
       os.remove(probe)
+
+
+def _ensure_remote_writable(workdir: str) -> None:
+  """A gs:// workdir: Orbax's GCS support is installed, and an object can be written there."""
+  if str(workdir).startswith("gs://"):
+    try:
+      from google.cloud import storage  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+    except ImportError:
+      raise WorkdirError(
+          f"workdir {workdir!r}: Orbax writes gs:// checkpoints with the google-cloud-storage "
+          "package, which is not installed. Nothing was trained. Fix: pip install -e "
+          "\".[tpu]\" (or pip install google-cloud-storage).") from None
+  probe = epath.Path(workdir) / f".write-probe-{jax.process_index()}-{os.getpid()}"
+  try:
+    probe.write_bytes(b"\0" * 16)
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except  (each file system has its own errors)
+    raise WorkdirError(
+        f"workdir {workdir!r} is not usable: writing an object there failed "
+        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else e}). Nothing was "
+        "trained. Fix: check the bucket name and your credentials, or pass another "
+        "--workdir.") from e
 
 
 def checkpoint_bytes(abstract_state) -> int:

@@ -3,29 +3,33 @@
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from clu import metric_writers
+from etils import epath
 
 
 class JsonLinesWriter(metric_writers.MetricWriter):
   """Appends one JSON object per write: {"step": s, "name": value, ...}.
 
   Scalars, texts and hyper-parameters are written; images, videos, audio and
-  histograms are TensorBoard's business and are ignored here.
+  histograms are TensorBoard's business and are ignored here. The file is an
+  `etils.epath` path: on an object store (gs://) each append rewrites the
+  object (TensorFlow's file system does so for mode 'a'), which is cheap for
+  a metrics file and keeps every line on the bucket, as big_vision does.
+  Only process 0 writes it, from one thread at a time.
   """
 
-  def __init__(self, path: str):
-    self._path = path
+  def __init__(self, path):
+    self._path = epath.Path(path)
     self._lock = threading.Lock()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    self._path.parent.mkdir(parents=True, exist_ok=True)
 
   def _append(self, record: Mapping[str, Any]) -> None:
-    with self._lock, open(self._path, "a") as f:
+    with self._lock, self._path.open("a") as f:
       f.write(json.dumps(record) + "\n")
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
@@ -72,6 +76,6 @@ def create_writer(workdir: str, process_index: int) -> metric_writers.MetricWrit
   if process_index != 0:
     return metric_writers.MultiWriter([])
   return metric_writers.AsyncMultiWriter([
-      metric_writers.SummaryWriter(os.path.join(workdir, "tensorboard")),
-      JsonLinesWriter(os.path.join(workdir, "metrics.jsonl")),
+      metric_writers.SummaryWriter(str(epath.Path(workdir) / "tensorboard")),
+      JsonLinesWriter(epath.Path(workdir) / "metrics.jsonl"),
   ])
