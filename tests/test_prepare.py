@@ -172,8 +172,10 @@ def test_a_rerun_skips_finished_shards_and_rewrites_the_rest_identically(raw, tm
                                                                          kept.st_mtime_ns)
   assert [shard.read_bytes() for shard in shards] == contents
   assert not list(state.glob("*.tmp-*"))
-  assert {k: v for k, v in again.items() if k != "seconds_this_run"} == {
-      k: v for k, v in first.items() if k != "seconds_this_run"}
+  per_run = ("seconds_this_run", "videos_this_run")
+  assert {k: v for k, v in again.items() if k not in per_run} == {
+      k: v for k, v in first.items() if k not in per_run}
+  assert again["videos_this_run"] == len(encoded) < first["videos_this_run"]
 
 
 def test_a_rerun_with_other_settings_is_refused(raw, tmp_path):
@@ -221,3 +223,6 @@ def test_the_command_line_with_two_workers(raw, tmp_path):
   assert set(clips) == set(video_collections.FOLDER_VIDEOS)
   for name, frames in video_collections.FOLDER_VIDEOS.items():
     _assert_frames(clips[name], raw / "folder", list(range(frames)))
+  again = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr
+  assert "every shard was already written: nothing to do" in again.stdout

@@ -131,6 +131,9 @@ def test_each_damage_of_the_latest_checkpoint_falls_back(small_state, tmp_path, 
 def test_training_resumes_past_a_damaged_checkpoint_exactly(tiny_data_dir, trained, workdir,
                                                             caplog):
   _damage(workdir / "checkpoints" / "6", "garbage manifest")
+  # As if the run had died before its final results: it resumes (a finished run would
+  # print its saved results instead).
+  (workdir / "results.json").unlink()
   with caplog.at_level(logging.WARNING):
     loop.train_and_evaluate(_config(tiny_data_dir), str(workdir))
   assert "checkpoint step 6" in caplog.text and "does not restore" in caplog.text

@@ -41,8 +41,8 @@ def eval_dataset(spec: pipeline.DatasetSpec, *, shard_index: int = 0,
             "mask": tf.constant(1, tf.int32)}
 
   ds = spec.source.read(cfg.eval_split, shard_index, num_shards)
-  ds = ds.map(preprocess, num_parallel_calls=pipeline.AUTOTUNE, deterministic=True).ignore_errors(
-      log_warning=True)
+  ds = ds.map(pipeline.graph_only(preprocess), num_parallel_calls=pipeline.AUTOTUNE,
+              deterministic=True).ignore_errors(log_warning=True)
   views_shape = (views.num_views(cfg), cfg.num_frames, cfg.crop_size, cfg.crop_size, 3)
   padding = tf.data.Dataset.from_tensors({
       "video": tf.zeros(views_shape, tf.uint8), "label": tf.constant(0, tf.int32),

@@ -40,9 +40,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import sys
 import time
 
 import jax
+import numpy as np
 from clu import metric_writers, periodic_actions
 
 from cover_jax.checkpoint import manager, resume_checks, workdir as workdir_lib
@@ -79,6 +81,7 @@ class _Run:
   eval_datasets: dict = dataclasses.field(default_factory=dict)  # built on first use
   streams: streams_lib.TrainStreams | None = None
   resumed_meta: dict | None = None  # meta of the checkpoint resumed from
+  rng: object = None  # the run's RNG; each step folds its step number in
   rules: tuple = sharding.LOGICAL_AXIS_RULES  # logical axis -> mesh axes (config.axis_rules)
 
 
@@ -129,9 +132,10 @@ def evaluate_checkpoint(config, workdir: str) -> dict[str, dict[str, float]]:
 
 
 def _say(text: str) -> None:
-  """A line for the user (process 0 tells the story)."""
+  """A line for the user (process 0 tells the story); one write, so threads' lines stay whole."""
   if jax.process_index() == 0:
-    print(text, flush=True)
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _table(run: _Run, results, train_top1) -> str:
@@ -151,7 +155,12 @@ def _write_results(run: _Run, results, train_top1) -> None:
 
 def _setup(config, workdir: str, timing: timing_lib.Timing | None = None,
            read_only: bool = False) -> _Run:
-  """The run's pieces, in the order they are needed (see the module docstring)."""
+  """The run's pieces, in the order they are needed (see the module docstring).
+
+  The train step is built from the config alone and starts compiling (in the
+  background, once per input shape) before the datasets are opened and the
+  state is restored, so those overlap the compiles.
+  """
   timing = timing or timing_lib.Timing()
   if not read_only:
     workdir_lib.ensure_writable(workdir)
@@ -161,33 +170,67 @@ def _setup(config, workdir: str, timing: timing_lib.Timing | None = None,
   rules = sharding.rules_from_config(config.axis_rules)
   _say(f"process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} "
        f"device(s), mesh {dict(mesh.shape)}")
-  _say(f"datasets: opening {', '.join(sorted(config.datasets))} (the embedded ones are built "
-       "on first use)")
-  specs = pipeline.prepare_datasets(config)
-  timing.mark("datasets")
-  names = tuple(sorted(specs))
+  names = tuple(sorted(config.datasets))
   tx = optim.build_optimizer(config.optimizer, config.total_steps)
   graphdef, abstract, state_shardings = train_state.abstract_train_state(
-      config.model, {n: specs[n].config.num_classes for n in names}, tx, mesh, rules)
-  ckpt, start_step, state, resumed_meta = _restore_or_init(
-      config, workdir, abstract, state_shardings, tx, read_only)
-  timing.mark("state")
-  mix = mixture.DatasetMixture({n: specs[n].config.weight for n in names}, config.mixture,
+      config.model, _num_classes(config), tx, mesh, rules)
+  mix = mixture.DatasetMixture({n: config.datasets[n].weight for n in names}, config.mixture,
                                config.seed)
-  settings = train_step.StepSettings.from_config(config, names,
-                                                 mix.loss_weights(mix.datasets_at(0)))
-  replicated = sharding.replicated(mesh)
-  step_fn = train_step.TrainStep(
-      graphdef, tx, settings, optim.learning_rate_schedule(config.optimizer, config.total_steps),
-      state_shardings=state_shardings, metrics_sharding=replicated, rules=rules)
+  step_fn, rng = _train_step(config, graphdef, tx, mix, state_shardings, mesh, rules)
+  if not read_only:
+    step_fn.precompile(jax.tree.leaves(abstract), _step_inputs(config, mix, mesh, rules), rng,
+                       mesh, on_start=lambda shapes: _say(
+                           f"compiling the train step for {shapes} (once per input shape)"))
   eval_fn = jax.jit(sharding.with_rules(functools.partial(
       eval_step.multiview_eval_step, graphdef=graphdef,
       mean=tuple(config.input.mean), std=tuple(config.input.std)), rules),
-                    out_shardings=replicated)
+                    out_shardings=sharding.replicated(mesh))
+  _say(f"datasets: opening {', '.join(names)} (the embedded ones are built on first use)")
+  specs = pipeline.prepare_datasets(config)
+  timing.mark("datasets")
+  ckpt, start_step, state, resumed_meta = _restore_or_init(
+      config, workdir, abstract, state_shardings, tx, read_only)
+  timing.mark("state")
   writer = (metric_writers.MultiWriter([]) if read_only
             else writers.create_writer(workdir, jax.process_index()))
   return _Run(config, workdir, mesh, specs, names, mix, state, start_step, step_fn, eval_fn,
-              ckpt, writer, timing, read_only, resumed_meta=resumed_meta, rules=rules)
+              ckpt, writer, timing, read_only, rng=rng, resumed_meta=resumed_meta, rules=rules)
+
+
+def _train_step(config, graphdef, tx, mix, state_shardings, mesh, rules):
+  """The compiled train step of this config, and the RNG its steps fold the step into."""
+  settings = train_step.StepSettings.from_config(config, sorted(config.datasets),
+                                                 mix.loss_weights(mix.datasets_at(0)))
+  step_fn = train_step.TrainStep(
+      graphdef, tx, settings, optim.learning_rate_schedule(config.optimizer, config.total_steps),
+      state_shardings=state_shardings, metrics_sharding=sharding.replicated(mesh), rules=rules)
+  return step_fn, jax.random.key(config.seed + 1)
+
+
+def _step_inputs(config, mix, mesh, rules) -> list[tuple[dict, ...]]:
+  """Each distinct input of a step (its batches, as ShapeDtypeStructs), known from the config.
+
+  The global batches the loop builds (input/device.py): uint8 clips and int32
+  labels split over the batch axes, the dataset index replicated.
+  """
+  def batch(name):
+    ds = config.datasets[name]
+    video = (ds.batch_size, ds.num_frames, ds.crop_size, ds.crop_size, 3)
+    return {"video": jax.ShapeDtypeStruct(video, np.uint8,
+                                          sharding=sharding.batch_sharding(mesh, 5, rules)),
+            "label": jax.ShapeDtypeStruct((ds.batch_size,), np.int32,
+                                          sharding=sharding.batch_sharding(mesh, 1, rules)),
+            "dataset_index": jax.ShapeDtypeStruct((), np.int32,
+                                                  sharding=sharding.replicated(mesh))}
+  if config.mixture == "all":  # one batch of every dataset in each step
+    steps = {mix.datasets_at(0)}
+  else:  # one dataset per step: each that can be drawn
+    steps = {(n,) for n, p in zip(mix.names, mix.probabilities) if p > 0}
+  by_shape = {}
+  for names in sorted(steps):
+    batches = tuple(batch(n) for n in names)
+    by_shape.setdefault(train_step.describe_batches(batches), batches)
+  return list(by_shape.values())
 
 
 def _restore_or_init(config, workdir, abstract, state_shardings, tx, read_only: bool):
@@ -225,12 +268,11 @@ def _train_loop(run: _Run) -> dict[str, float]:
   meta = run.resumed_meta or {}
   run.streams = streams_lib.TrainStreams(run.specs, cfg, run.mixture, run.start_step, meta)
   index = {name: i for i, name in enumerate(run.names)}
-  rng = jax.random.key(cfg.seed + 1)
+  rng = run.rng
   tracked = train_metrics.TrainMetrics(
       nonfinite.NonFiniteMonitor(cfg.nonfinite, meta.get("nonfinite")), meta.get("train_top1"))
   progress = periodic_actions.ReportProgress(num_train_steps=cfg.total_steps, writer=run.writer,
                                              every_steps=cfg.log_every or None)
-  compile_watch = _CompileWatch(run)
   pending = None
   last_log = (run.start_step, time.monotonic())
   saved = run.start_step  # on disk, or (step 0) reproducible from the seed
@@ -250,7 +292,10 @@ def _train_loop(run: _Run) -> dict[str, float]:
       batches = tuple(device.to_device(run.mesh, run.streams.next_batch(n), index[n], run.rules)
                       for n in names)
       run.timing.mark("first_batch")
-      leaves, metrics = compile_watch.step(leaves, batches, rng, names)
+      leaves, metrics = run.step_fn(leaves, batches, rng)
+      if "first_step" not in run.timing.marks:  # one wait, for the start-up benchmark
+        jax.block_until_ready(metrics)
+        run.timing.mark("first_step")
       if pending is not None:
         tracked.add(*pending)  # the previous step: its result is ready by now
       pending, done = (step, names, metrics), step + 1
@@ -273,32 +318,8 @@ def _train_loop(run: _Run) -> dict[str, float]:
     if preempt.reached(cfg.total_steps):  # the last step is saved: skip the final evaluation
       raise preemption.Preempted(cfg.total_steps, run.ckpt.directory)
   run.timing.mark("trained")
+  run.timing.compile_s.update(run.step_fn.compile_seconds)
   return tracked.last_top1
-
-
-class _CompileWatch:
-  """Runs the step; says which input shapes it compiles for, and times each first call."""
-
-  def __init__(self, run: _Run):
-    self.run, self.seen = run, set()
-
-  def step(self, leaves, batches, rng, names):
-    shape = " + ".join(_describe_batch(b) for b in batches)
-    if shape in self.seen:
-      return self.run.step_fn(leaves, batches, rng)
-    self.seen.add(shape)
-    _say(f"compiling the train step for {shape} ({', '.join(names)}; once per input shape)")
-    start = time.time()
-    out = self.run.step_fn(leaves, batches, rng)
-    jax.block_until_ready(out[1])
-    self.run.timing.compile_s[shape] = time.time() - start
-    self.run.timing.mark("first_step")
-    return out
-
-
-def _describe_batch(batch: dict) -> str:
-  b, t, h, w, _ = batch["video"].shape
-  return f"{b} x {t}-frame {h}x{w} clips" if t > 1 else f"{b} {h}x{w} images"
 
 
 def _save_checkpoint(run: _Run, done: int, tracked: train_metrics.TrainMetrics) -> None:

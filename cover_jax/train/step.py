@@ -19,7 +19,9 @@ dataset in 'all' mode, with the loss a weighted sum.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import time
 from collections.abc import Sequence
 
 import flax
@@ -179,8 +181,41 @@ class TrainStep:
       return jax.tree.leaves(state), metrics
     self.jitted = jax.jit(flat_step, out_shardings=(leaf_shardings, metrics_sharding),
                           donate_argnums=0)
+    self._compiling: dict[tuple, concurrent.futures.Future] = {}  # signature -> executable
+    self.compile_seconds: dict[str, float] = {}  # input shapes -> seconds (precompiled ones)
+
+  def precompile(self, leaves_abstract, batches_per_shape, rng, mesh, on_start=None) -> None:
+    """Starts compiling the step for each input shape, in background threads.
+
+    XLA compiles without the GIL, so the compiles overlap each other and the
+    rest of start-up (opening datasets, restoring the state, filling the
+    input pipelines); the first step of a shape waits for its compile only if
+    it is not done yet. `batches_per_shape`: for each shape, a tuple of
+    per-dataset batches of jax.ShapeDtypeStructs (with shardings), as the loop
+    will pass them. `on_start(description)` is called as each compile starts.
+    """
+    pool = concurrent.futures.ThreadPoolExecutor(max(len(batches_per_shape), 1),
+                                                 thread_name_prefix="compile_train_step")
+    for batches in batches_per_shape:
+      key = _signature(batches)
+      if key not in self._compiling:
+        self._compiling[key] = pool.submit(self._compile, leaves_abstract, batches, rng, mesh,
+                                           key, on_start)
+    pool.shutdown(wait=False)
+
+  def _compile(self, leaves_abstract, batches, rng, mesh, key, on_start):
+    if on_start is not None:
+      on_start(describe_batches(batches))
+    start = time.time()
+    with jax.set_mesh(mesh):
+      compiled = self.jitted.lower(leaves_abstract, batches, rng).compile()
+    self.compile_seconds[describe_batches(batches)] = time.time() - start
+    return compiled
 
   def __call__(self, leaves, batches, rng):
+    future = self._compiling.get(_signature(batches))
+    if future is not None:
+      return future.result()(leaves, batches, rng)  # waits if it is still compiling
     return self.jitted(leaves, batches, rng)
 
   def flatten(self, state) -> list:
@@ -193,5 +228,20 @@ class TrainStep:
     return jax.tree.unflatten(self.treedef, leaves)
 
   def compilations(self) -> int:
-    """Compiled signatures so far (jit's own cache size, a JAX-internal API)."""
-    return self.jitted._cache_size()  # pylint: disable=protected-access
+    """Compiled signatures so far: precompiled ones, and jit's own cache (a JAX-internal API)."""
+    return len(self._compiling) + self.jitted._cache_size()  # pylint: disable=protected-access
+
+
+def _signature(batches) -> tuple:
+  """What decides a compile: the batches' tree, shapes and dtypes."""
+  leaves, treedef = jax.tree.flatten(batches)
+  return treedef, tuple((tuple(x.shape), str(x.dtype)) for x in leaves)
+
+
+def describe_batches(batches) -> str:
+  """'32 x 4-frame 32x32 clips + 64 32x32 images': a step's input shapes, for people."""
+  parts = []
+  for batch in batches:
+    b, t, h, w, _ = batch["video"].shape
+    parts.append(f"{b} x {t}-frame {h}x{w} clips" if t > 1 else f"{b} {h}x{w} images")
+  return " + ".join(parts)
