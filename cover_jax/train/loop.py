@@ -45,7 +45,7 @@ from jax.experimental import multihost_utils
 
 from cover_jax.checkpoint import manager
 from cover_jax.evaluation import dataset as eval_data, step as eval_step, table, views
-from cover_jax.train import mixture, optim, state as train_state
+from cover_jax.train import build, mixture, state as train_state
 from cover_jax.parallel import sharding
 from cover_jax.metrics import writers
 from cover_jax.train import nonfinite, preemption
@@ -136,11 +136,10 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
   logging.info("process %d of %d, %d device(s), mesh %s", jax.process_index(),
                jax.process_count(), jax.device_count(), dict(mesh.shape))
   specs = pipeline.prepare_datasets(config)
-  names = tuple(sorted(specs))
+  built = build.build_step(config, mesh, rules)  # what benchmarks/aot_compile.py compiles
+  names, tx, graphdef = built.names, built.tx, built.graphdef
+  abstract, state_shardings = built.abstract, built.state_shardings
   num_classes = {n: specs[n].config.num_classes for n in names}
-  tx = optim.build_optimizer(config.optimizer, config.total_steps)
-  graphdef, abstract, state_shardings = train_state.abstract_train_state(
-      config.model, num_classes, tx, mesh, rules)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if not require_checkpoint:
     workdir_checks.ensure_room_for_checkpoint(ckpt_dir, abstract)
@@ -162,21 +161,14 @@ def _setup(config, workdir: str, require_checkpoint: bool = False) -> _Run:
                                          num_classes, tx, state_shardings)
     if config.get("init_from"):
       state = pretrained_loader.init_state_from_pretrained(config, state, state_shardings.params)
-  mix = mixture.DatasetMixture({n: specs[n].config.weight for n in names}, config.mixture,
-                               config.seed)
-  settings = train_step.StepSettings.from_config(config, names,
-                                                 mix.loss_weights(mix.datasets_at(0)))
   replicated = sharding.replicated(mesh)
-  step_fn = train_step.TrainStep(
-      graphdef, tx, settings, optim.learning_rate_schedule(config.optimizer, config.total_steps),
-      state_shardings=state_shardings, metrics_sharding=replicated, rules=rules)
   eval_fn = jax.jit(sharding.with_rules(functools.partial(
       eval_step.multiview_eval_step, graphdef=graphdef,
       mean=tuple(config.input.mean), std=tuple(config.input.std)), rules),
                     out_shardings=replicated)
   writer = writers.create_writer(workdir, jax.process_index())
-  return _Run(config, workdir, mesh, specs, names, mix, state, start_step, step_fn, eval_fn,
-              ckpt, writer, resumed_meta=resumed_meta, rules=rules)
+  return _Run(config, workdir, mesh, specs, names, built.mixture, state, start_step, built.step,
+              eval_fn, ckpt, writer, resumed_meta=resumed_meta, rules=rules)
 
 
 def _input_positions(run: _Run) -> dict[str, int]:
