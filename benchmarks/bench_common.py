@@ -1,7 +1,8 @@
 """What both benchmark workers share: the configs and the worker protocol.
 
-Imports neither JAX nor torch: the driver and the PyTorch worker may run in
-an interpreter without JAX.
+Imports neither JAX nor torch (`step_flops` imports the pure-Python
+cover_jax.metrics.flops): the driver and the PyTorch worker may run in an
+interpreter without JAX.
 
 Protocol. The driver (`train_step.py`) starts one long-lived worker process per
 implementation. A worker builds and warms up its step, writes one JSON line
@@ -50,6 +51,9 @@ CONFIGS = {
     "B/16": BenchConfig(image_size=224, patch_size=16, frames=8, width=768, depth=12,
                         num_heads=12, mlp_dim=3072, num_classes=400, batch=32, dtype="bfloat16",
                         accelerator_only=True),
+    "L/16": BenchConfig(image_size=224, patch_size=16, frames=8, width=1024, depth=24,
+                        num_heads=16, mlp_dim=4096, num_classes=400, batch=16, dtype="bfloat16",
+                        accelerator_only=True),
 }
 
 
@@ -58,6 +62,15 @@ def resolve_config(name: str, batch: int = 0, dtype: str = "") -> BenchConfig:
     raise SystemExit(f"unknown benchmark config {name!r}: choose from {sorted(CONFIGS)}")
   config = CONFIGS[name]
   return dataclasses.replace(config, batch=batch or config.batch, dtype=dtype or config.dtype)
+
+
+def step_flops(config: BenchConfig, frames: int) -> int:
+  """Analytic model FLOPs of one train step of `config` on `frames`-frame clips."""
+  from cover_jax.metrics import flops  # pylint: disable=import-outside-toplevel  (pure Python)
+  return flops.train_step_flops(flops.StepShape(
+      width=config.width, depth=config.depth, mlp_dim=config.mlp_dim,
+      patch_size=config.patch_size, batch=config.batch, frames=frames,
+      height=config.image_size, width_px=config.image_size, num_classes=config.num_classes))
 
 
 def cpu_affinity(threads: int) -> list[int] | None:

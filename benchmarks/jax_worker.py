@@ -13,11 +13,13 @@ import os
 import sys
 import time
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 import bench_common
+import memory
 from cover_jax.config import defaults
 from cover_jax.metrics import flops
 from cover_jax.train import optim, state as train_state
@@ -32,6 +34,8 @@ _ARGS.add_argument("--dtype", default="")
 _ARGS.add_argument("--attention-impl", default="auto", help="model.attention_impl: auto|xla|cudnn")
 _ARGS.add_argument("--image-step", action="store_true", help="also compile and time a T=1 step")
 _ARGS.add_argument("--peak-size", type=int, default=0, help="matmul size for the peak (0: auto)")
+_ARGS.add_argument("--probe-memory", action="store_true",
+                   help="only compile the video step and report its memory (batch sizing)")
 
 
 def main() -> None:
@@ -43,13 +47,25 @@ def main() -> None:
   bench = StepBench(config, args.attention_impl)
   ready = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
            "num_devices": jax.device_count(), "jax": jax.__version__,
-           "xla_flags": os.environ.get("XLA_FLAGS", ""), "attention_impl": bench.attention_impl,
-           **bench.setup("video", config.frames)}
+           "flax": flax.__version__, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "attention_impl": bench.attention_impl}
+  if args.probe_memory:  # the driver sizes the batch from this and ends the worker
+    compiled, _ = bench.compile(config.frames)
+    channel.send({**ready, **device_memory(), "xla_memory_mb": memory.memory_mb(compiled)})
+    return
+  ready.update(bench.setup("video", config.frames))
   if args.image_step:
     ready["image"] = bench.setup("image", 1)
+  ready.update(device_memory())  # after the warm-up steps: their peak
   ready["peaks"] = matmul_peaks(config.dtype, args.peak_size)
   channel.send(ready)
   channel.serve(bench.run_fns)
+
+
+def device_memory() -> dict:
+  """Device memory in bytes: the peak so far and the allocator's limit (None on CPU)."""
+  stats = jax.local_devices()[0].memory_stats() or {}
+  return {"peak_bytes": stats.get("peak_bytes_in_use"), "device_bytes": stats.get("bytes_limit")}
 
 
 class StepBench:
@@ -93,14 +109,18 @@ class StepBench:
     batch["dataset_index"] = jax.device_put(np.int32(0), sharding.replicated(self.mesh))
     return (batch,)
 
-  def setup(self, kind: str, frames: int) -> dict:
-    """Compiles the step for `frames`, warms it up; returns compile time and FLOP counts."""
-
+  def compile(self, frames: int):
+    """(the step compiled for `frames`-frame clips, its batch); sets `compile_s`."""
     batches = self._batch(frames)
     with jax.set_mesh(self.mesh):
       start = time.perf_counter()
       compiled = self.step.jitted.lower(self.leaves, batches, self.rng).compile()
-      compile_s = time.perf_counter() - start
+      self.compile_s = time.perf_counter() - start
+    return compiled, batches
+
+  def setup(self, kind: str, frames: int) -> dict:
+    """Compiles the step for `frames`, warms it up; returns compile time, FLOPs, memory."""
+    compiled, batches = self.compile(frames)
 
     def run_step():
       self.leaves, metrics = compiled(self.leaves, batches, self.rng)
@@ -110,16 +130,12 @@ class StepBench:
       run_step()
     self.run_fns[kind] = run_step
     self.hlo_texts[kind] = compiled.as_text()
-    c = self.config
-    shape = flops.StepShape(width=c.width, depth=c.depth, mlp_dim=c.mlp_dim,
-                            patch_size=c.patch_size, batch=c.batch, frames=frames,
-                            height=c.image_size, width_px=c.image_size,
-                            num_classes=c.num_classes)
     cost = compiled.cost_analysis() or {}
-    return {"compile_s": compile_s, "frames": frames,
-            "analytic_flops": flops.train_step_flops(shape),
+    return {"compile_s": self.compile_s, "frames": frames,
+            "analytic_flops": bench_common.step_flops(self.config, frames),
             "xla_dot_flops": flops.hlo_dot_flops(self.hlo_texts[kind]),
-            "xla_cost_flops": float(cost.get("flops", 0.0))}
+            "xla_cost_flops": float(cost.get("flops", 0.0)),
+            "xla_memory_mb": memory.memory_mb(compiled)}
 
 
 def matmul_peaks(dtype: str, size: int) -> dict:

@@ -30,7 +30,10 @@ import sys
 import tempfile
 import time
 
-import bench_common
+# The workers import cover_jax: from this checkout, installed or not.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import bench_common  # noqa: E402
 
 _ARGS = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -136,7 +139,7 @@ def profile_torch(config, steps: int):
   import torch_worker  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(len(os.sched_getaffinity(0)))
-  step = torch_worker.make_step(config, torch.device("cpu"))
+  step, _ = torch_worker.make_step(config, torch.device("cpu"))
   for _ in range(3):
     step()
   with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

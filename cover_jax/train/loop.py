@@ -44,7 +44,6 @@ import sys
 import time
 
 import jax
-import numpy as np
 from clu import metric_writers, periodic_actions
 
 from cover_jax.checkpoint import manager, resume_checks, workdir as workdir_lib
@@ -53,7 +52,7 @@ from cover_jax.input import device, pipeline
 from cover_jax.metrics import timing as timing_lib, writers
 from cover_jax.parallel import sharding
 from cover_jax.pretrained import loader as pretrained_loader
-from cover_jax.train import mixture, nonfinite, optim, preemption
+from cover_jax.train import build, mixture, nonfinite, preemption
 from cover_jax.train import state as train_state, step as train_step
 from cover_jax.train import streams as streams_lib, train_metrics
 
@@ -170,17 +169,14 @@ def _setup(config, workdir: str, timing: timing_lib.Timing | None = None,
   rules = sharding.rules_from_config(config.axis_rules)
   _say(f"process {jax.process_index()} of {jax.process_count()}, {jax.device_count()} "
        f"device(s), mesh {dict(mesh.shape)}")
-  names = tuple(sorted(config.datasets))
-  tx = optim.build_optimizer(config.optimizer, config.total_steps)
-  graphdef, abstract, state_shardings = train_state.abstract_train_state(
-      config.model, _num_classes(config), tx, mesh, rules)
-  mix = mixture.DatasetMixture({n: config.datasets[n].weight for n in names}, config.mixture,
-                               config.seed)
-  step_fn, rng = _train_step(config, graphdef, tx, mix, state_shardings, mesh, rules)
+  built = build.build_step(config, mesh, rules)  # what benchmarks/aot_compile.py compiles
+  names, graphdef, abstract = built.names, built.graphdef, built.abstract
+  step_fn, rng = built.step, jax.random.key(config.seed + 1)
   if not read_only:
-    step_fn.precompile(jax.tree.leaves(abstract), _step_inputs(config, mix, mesh, rules), rng,
-                       mesh, on_start=lambda shapes: _say(
-                           f"compiling the train step for {shapes} (once per input shape)"))
+    inputs = [build.step_batches(config, datasets, mesh, rules)
+              for datasets in build.distinct_steps(config, built)]
+    step_fn.precompile(jax.tree.leaves(abstract), inputs, rng, mesh, on_start=lambda shapes: _say(
+        f"compiling the train step for {shapes} (once per input shape)"))
   eval_fn = jax.jit(sharding.with_rules(functools.partial(
       eval_step.multiview_eval_step, graphdef=graphdef,
       mean=tuple(config.input.mean), std=tuple(config.input.std)), rules),
@@ -189,48 +185,13 @@ def _setup(config, workdir: str, timing: timing_lib.Timing | None = None,
   specs = pipeline.prepare_datasets(config)
   timing.mark("datasets")
   ckpt, start_step, state, resumed_meta = _restore_or_init(
-      config, workdir, abstract, state_shardings, tx, read_only)
+      config, workdir, abstract, built.state_shardings, built.tx, read_only)
   timing.mark("state")
   writer = (metric_writers.MultiWriter([]) if read_only
             else writers.create_writer(workdir, jax.process_index()))
-  return _Run(config, workdir, mesh, specs, names, mix, state, start_step, step_fn, eval_fn,
-              ckpt, writer, timing, read_only, rng=rng, resumed_meta=resumed_meta, rules=rules)
-
-
-def _train_step(config, graphdef, tx, mix, state_shardings, mesh, rules):
-  """The compiled train step of this config, and the RNG its steps fold the step into."""
-  settings = train_step.StepSettings.from_config(config, sorted(config.datasets),
-                                                 mix.loss_weights(mix.datasets_at(0)))
-  step_fn = train_step.TrainStep(
-      graphdef, tx, settings, optim.learning_rate_schedule(config.optimizer, config.total_steps),
-      state_shardings=state_shardings, metrics_sharding=sharding.replicated(mesh), rules=rules)
-  return step_fn, jax.random.key(config.seed + 1)
-
-
-def _step_inputs(config, mix, mesh, rules) -> list[tuple[dict, ...]]:
-  """Each distinct input of a step (its batches, as ShapeDtypeStructs), known from the config.
-
-  The global batches the loop builds (input/device.py): uint8 clips and int32
-  labels split over the batch axes, the dataset index replicated.
-  """
-  def batch(name):
-    ds = config.datasets[name]
-    video = (ds.batch_size, ds.num_frames, ds.crop_size, ds.crop_size, 3)
-    return {"video": jax.ShapeDtypeStruct(video, np.uint8,
-                                          sharding=sharding.batch_sharding(mesh, 5, rules)),
-            "label": jax.ShapeDtypeStruct((ds.batch_size,), np.int32,
-                                          sharding=sharding.batch_sharding(mesh, 1, rules)),
-            "dataset_index": jax.ShapeDtypeStruct((), np.int32,
-                                                  sharding=sharding.replicated(mesh))}
-  if config.mixture == "all":  # one batch of every dataset in each step
-    steps = {mix.datasets_at(0)}
-  else:  # one dataset per step: each that can be drawn
-    steps = {(n,) for n, p in zip(mix.names, mix.probabilities) if p > 0}
-  by_shape = {}
-  for names in sorted(steps):
-    batches = tuple(batch(n) for n in names)
-    by_shape.setdefault(train_step.describe_batches(batches), batches)
-  return list(by_shape.values())
+  return _Run(config, workdir, mesh, specs, names, built.mixture, state, start_step, step_fn,
+              eval_fn, ckpt, writer, timing, read_only, rng=rng, resumed_meta=resumed_meta,
+              rules=rules)
 
 
 def _restore_or_init(config, workdir, abstract, state_shardings, tx, read_only: bool):
