@@ -49,12 +49,17 @@ def make_stacked(make_block: Callable[[nnx.Rngs], nnx.Module], depth: int,
   """One module whose parameters have a leading axis of size `depth`.
 
   The new axis is named 'layers' in every parameter's sharding annotation.
+  The blocks are initialised one after another from `rngs`, exactly as an
+  unscanned stack's are, and then stacked: a model starts from the same
+  weights whether or not it scans its layers (scan_layers changes no number).
   """
-  @nnx.split_rngs(splits=depth)
-  @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata=_LAYERS)
-  def make(rngs):
-    return make_block(rngs)
-  return make(rngs)
+  @nnx.vmap(in_axes=None, out_axes=0, axis_size=depth, transform_metadata=_LAYERS)
+  def layout():  # the stacked module's structure and annotations, shapes only
+    return make_block(nnx.Rngs(0))
+  graphdef, stacked = nnx.split(nnx.eval_shape(layout))
+  layers = [nnx.to_pure_dict(nnx.state(make_block(rngs))) for _ in range(depth)]
+  nnx.replace_by_pure_dict(stacked, jax.tree.map(lambda *xs: jnp.stack(xs), *layers))
+  return nnx.merge(graphdef, stacked)
 
 
 def run_blocks(step: Callable, blocks, carry, rngs: nnx.Rngs | None, *, remat: str,
