@@ -36,6 +36,7 @@ from cover_jax.config import defaults
 from cover_jax.models import cover, timesformer
 from cover_jax.pretrained import files, fit, loader
 from cover_jax.pretrained.weights import PretrainedWeights, checkpoint_dims
+from cover_jax.metrics import run_log
 
 # TimeSformer's Kinetics sampling (8 frames, 32 apart at 30 fps) where a checkpoint says nothing.
 DEFAULT_STRIDE, DEFAULT_FPS = 32, 30.0
@@ -158,6 +159,7 @@ def _flags_for(config: dict, output: str) -> str:
 
 def main(argv):
   del argv
+  run_log.capture(keep=False)  # results, not Orbax's INFO lines
   args = flags.FLAGS
   try:
     config = convert(args.input, args.output, fmt=args.format, num_heads=args.num_heads,

@@ -42,6 +42,7 @@ from cover_jax.checkpoint import manager
 from cover_jax.models import block_stack
 from cover_jax.pretrained import files, hf_export, loader, orbax_init
 from cover_jax.pretrained.weights import PretrainedError
+from cover_jax.metrics import run_log
 
 FORMATS = ("hf", "orbax")
 ALL = "all"
@@ -208,6 +209,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
+  run_log.capture(keep=False)  # results, not Orbax's INFO lines
   args = flags.FLAGS
   logging.set_verbosity(logging.WARNING)  # Orbax reports every restore at INFO
   try:

@@ -43,6 +43,7 @@ from cover_jax.evaluation import step as eval_step, views
 from cover_jax.models import block_stack, cover
 from cover_jax.prepare import annotations, video_decode, video_records
 from cover_jax.pretrained import files, loader, orbax_init
+from cover_jax.metrics import run_log
 
 
 class PredictError(ValueError):
@@ -218,6 +219,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
+  run_log.capture(keep=False)  # results, not Orbax's INFO lines
   args = flags.FLAGS
   try:
     results = predict(args.checkpoint, args.input, args.dataset)

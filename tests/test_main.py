@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from cover_jax.train import loop, mixture
-from tests.helpers import REPO, load_config
+from tests.helpers import REPO, checkpoint_arrays, load_config
 
 # With this seed the 'sample' mixture draws every tiny dataset within 6 steps
 # (checked by `test_seed_samples_every_dataset_early`).
@@ -217,3 +217,17 @@ def test_a_train_only_dataset_and_a_long_name_in_the_table(tiny_data_dir, tmp_pa
   assert header.index("classes") > len("digits_appearance")  # the name column fits
   assert header.startswith("dataset ") and "no eval split" in motion
   assert f"{100 * outcome.train_top1['motion']:.1f}%" in motion
+
+
+def test_what_a_finished_run_leaves_on_disk_is_complete(trained):
+  workdir, _ = trained
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  last = json.loads(lines[-1])  # every line whole, the last one included
+  assert last["step"] == 6 and all(json.loads(line) for line in lines)
+  assert checkpoint_arrays(workdir, 6)  # the last checkpoint restores
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["step"] == 6 and set(results["results"]) == {"appearance", "images", "motion"}
+  timing = json.loads((workdir / "timing.json").read_text())
+  assert {"datasets", "state", "first_step", "checkpoints_closed"} <= set(timing["marks"])
+  assert json.loads((workdir / "config.json").read_text())["total_steps"] == 6
+  assert "log file" in (workdir / "log.txt").read_text()

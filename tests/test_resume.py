@@ -5,6 +5,7 @@ cluster scheduler) would start and kill it. The final checkpoints' arrays
 (parameters, optimizer state, step) are compared bit for bit.
 """
 
+import json
 import os
 import random
 import re
@@ -109,6 +110,11 @@ def test_sigkill_at_random_points_and_sigterm_then_resume_is_bit_identical(
   assert status == 4, f"{context}\n{job.stderr()[-3000:]}"  # the SIGTERMed run
   saved = int(re.search(r"stopped after step (\d+)", job.stderr()).group(1))
   assert saved >= reached and (workdir / "checkpoints" / str(saved)).exists(), context
+  # Nothing lost at the exit: every metrics line is whole, the last is of the saved step,
+  # and the checkpoint written on the way out restores.
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert max(r["step"] for r in records if "train/grad_norm" in r) == saved, context
+  assert checkpoint_arrays(workdir, saved), context
 
   # Resume to the end with compatible changes (logging, evaluation, keep-N).
   final = _MainJob(workdir, tiny_data_dir, "--config.log_every=7", "--config.eval_every=10",

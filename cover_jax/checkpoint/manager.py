@@ -196,8 +196,10 @@ class Checkpointer:
   def _damaged(self, step: int, error: Exception) -> None:
     # Any damage (truncated files, missing metadata, garbage manifest) surfaces
     # as some exception from deep inside Orbax/TensorStore.
+    first_line = str(error).split("[tensorstore_spec", 1)[0].splitlines()[0][:300]
     logging.warning("checkpoint step %d in %s does not restore (%s: %s); trying an older one",
-                    step, self.directory, type(error).__name__, error)
+                    step, self.directory, type(error).__name__, first_line)
+    logging.info("why checkpoint step %d does not restore, in full: %s", step, error)
     return None
 
   def _set_aside(self, steps) -> None:

@@ -42,6 +42,8 @@ class _TerminalFilter(logging.Filter):
     self.errors_only = errors_only
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if record.name == "asyncio":  # Orbax's leftover tasks after a failed restore: nothing to do
+      return False
     if record.levelno >= logging.ERROR:
       return True
     return not self.errors_only and record.levelno >= logging.WARNING and _ours(record)
@@ -62,16 +64,32 @@ class _Buffer(logging.Handler):
 _state = {"buffer": None, "terminal": None, "native": None}
 
 
-def capture() -> None:
-  """From now on: everything logged is kept for log.txt; the terminal gets the story only."""
+def capture(keep: bool = True) -> None:
+  """From now on the terminal gets the story only; with `keep`, everything is kept for log.txt.
+
+  Without `keep` (commands that have no workdir: predict, convert, export),
+  library records below errors are dropped and native output stays as it is.
+  """
   root = logging.getLogger()
   root.setLevel(logging.INFO)
   logging.captureWarnings(True)  # Python warnings become records (py.warnings): file only
   terminal = absl_logging.get_absl_handler()
   terminal.addFilter(_TerminalFilter())
-  buffer = _Buffer()
-  root.addHandler(buffer)
-  _state.update(buffer=buffer, terminal=terminal, native=_native_stderr_to_file())
+  terminal.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+  sys.unraisablehook = _unraisable_to_log
+  _state["terminal"] = terminal
+  if keep:
+    buffer = _Buffer()
+    root.addHandler(buffer)
+    _state.update(buffer=buffer, native=_native_stderr_to_file())
+
+
+def _unraisable_to_log(unraisable) -> None:
+  """Exceptions Python cannot raise anywhere (an event loop's callback after it closed, as
+  Orbax leaves them when a damaged checkpoint fails to restore) go to the log, not the screen."""
+  logging.getLogger("unraisable").info(
+      "exception ignored in %r", unraisable.object,
+      exc_info=(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback))
 
 
 def _native_stderr_to_file():
