@@ -141,3 +141,11 @@ def test_profile_script_prints_a_table_for_our_step():
               if line.split() and line.split()[0] in ("matmul", "optimizer", "total"))
   assert float(rows["matmul"]) > 0 and float(rows["optimizer"]) > 0 and float(rows["total"]) > 0
   assert "largest 3 ops" in proc.stdout
+
+
+def test_memory_benchmark_refuses_unknown_knob_names():
+  result = subprocess.run([sys.executable, "benchmarks/memory.py", "--knobs=baseline",
+                           "--models=small", "--steps=0"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode != 0
+  assert "unknown knob(s) ['baseline']" in result.stderr and "baseline (f32)" in result.stderr

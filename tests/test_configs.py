@@ -147,3 +147,12 @@ def test_an_explicit_step_count_is_kept_and_tiny_variants_are_short(path, arg, s
   assert config.total_steps == steps
   if "tiny" in (arg or ""):
     assert config.checkpoint_every < 10 and config.eval_every < 10
+
+
+def test_scanned_models_take_stochastic_depth_and_init_from():
+  # The paper-scale memory setting (scan + remat) with the recipe's stochastic depth,
+  # fine-tuned from released weights.
+  config = load_config("configs/k400.py", "tiny=true", init_from="/ckpt/ViT-B_16.npz",
+                       **{"model.scan_layers": True, "model.remat": "full",
+                          "model.stochastic_depth": 0.1})
+  validate_config(config, num_devices=1)

@@ -1,6 +1,7 @@
 """Launch scripts: their --dry-run prints exactly the commands they would run."""
 
 import shlex
+import os
 import subprocess
 import sys
 
@@ -101,3 +102,14 @@ def test_unknown_sweep_lists_the_known_ones():
                            "--sweep=lr", "--workdir=/tmp/s", "--dry-run"], cwd=REPO,
                           capture_output=True, text=True)
   assert result.returncode == 1 and "its sweeps: learning_rate" in result.stderr
+
+
+def test_slurm_without_sbatch_says_so_and_creates_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  result = subprocess.run(
+      [sys.executable, "launch/slurm.py", "--nodes=1", "--gpus_per_node=1",
+       "--config=configs/demo.py", f"--workdir={workdir}"], cwd=REPO, capture_output=True,
+      text=True, timeout=60, env={**os.environ, "PATH": str(tmp_path)})  # no sbatch there
+  assert result.returncode != 0
+  assert "sbatch is not on the PATH" in result.stderr and "Traceback" not in result.stderr
+  assert not workdir.exists()
