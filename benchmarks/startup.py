@@ -43,15 +43,16 @@ CONFIGS = {"demo": "configs/demo.py", "tiny": "configs/demo.py:tiny=true"}
 
 
 def run_once(config: str, workdir: pathlib.Path, data_dir: str, cache_dir: str,
-             steps: int | None) -> dict:
+             steps: int | None, repo: pathlib.Path = REPO, extra=()) -> dict:
   """Runs the main command; returns when each story line arrived, the timing marks, exit."""
   cmd = [sys.executable, "-u", "-m", "cover_jax.main", f"--config={config}",
          f"--workdir={workdir}", f"--config.data_dir={data_dir}"]
   if steps:
     cmd.append(f"--config.total_steps={steps}")
-  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir, "PYTHONPATH": str(REPO)}
+  cmd += list(extra)
+  env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache_dir, "PYTHONPATH": str(repo)}
   start = time.time()
-  proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
+  proc = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, text=True,
                           stderr=subprocess.DEVNULL)
   lines = []
   for line in proc.stdout:
@@ -60,7 +61,8 @@ def run_once(config: str, workdir: pathlib.Path, data_dir: str, cache_dir: str,
   end = time.time()
   if status:
     raise SystemExit(f"{' '.join(cmd)} exited with status {status}")
-  timing = json.loads((workdir / "timing.json").read_text())
+  path = workdir / "timing.json"  # code before timing.json existed: the story lines only
+  timing = json.loads(path.read_text()) if path.exists() else {"marks": {}, "compile_s": {}}
   return {"start": start, "end": end, "lines": lines, **timing}
 
 
@@ -87,7 +89,8 @@ def phases(run: dict) -> list[tuple[str, float | None]]:
           ("evaluation", m.get("eval_end", 0) - m.get("eval_start", 0)),
           ("checkpoint close", m.get("checkpoints_closed", 0) - m.get("eval_end", 0)),
           ("table -> exit", run["end"] - table_at if table_at else None)]
-  out.append(("command -> first step", m["first_step"] - t0 if "first_step" in m else None))
+  first_step = m.get("first_step") or _first(run, "step ")  # else: the first logged step
+  out.append(("command -> first step", first_step - t0 if first_step else None))
   out.append(("total", run["end"] - t0))
   return out
 
@@ -103,6 +106,11 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=200,
                       help="training steps of the demo (0: the config's own); tiny keeps 6")
   parser.add_argument("--repeats", type=int, default=1, help="warm runs after the cold one")
+  parser.add_argument("--first_step_line", action="store_true",
+                      help="log every step (--config.log_every=1), so that the first step's "
+                           "line times it also for code without timing.json")
+  parser.add_argument("--repo", default=str(REPO),
+                      help="the checkout whose code runs (e.g. an older one, side by side)")
   args = parser.parse_args(argv)
   columns, results = [], {}
   with tempfile.TemporaryDirectory() as tmp:
@@ -113,7 +121,9 @@ def main(argv=None) -> None:
       for i in range(1 + args.repeats):
         label = f"{name} {'cold' if i == 0 else 'warm'}"
         print(f"running {label} ...", file=sys.stderr, flush=True)
-        run = run_once(CONFIGS[name], root / f"{name}-run{i}", data_dir, cache_dir, steps)
+        run = run_once(CONFIGS[name], root / f"{name}-run{i}", data_dir, cache_dir, steps,
+                       pathlib.Path(args.repo),
+                       ["--config.log_every=1"] if args.first_step_line else [])
         columns.append(label)
         results[label] = (phases(run), _steady(run))
   _print_table(columns, results)

@@ -327,29 +327,25 @@ def test_the_field_leaves_the_math_unchanged(runs, field, index):
   assert _same(baseline, changed), f"{field}: {change} changed the losses:\n{baseline}\n{changed}"
 
 
-_MESH_SCRIPT = """
-import json, sys
-from cover_jax.train import loop
-from tests.test_knobs import _base_config, _train_log
-data_dir, root, cases = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-out = {}
-for name, overrides in cases.items():
-  loop.train_and_evaluate(_base_config(data_dir, overrides), f"{root}/{name}")
-  out[name] = _train_log(f"{root}/{name}")
-print("RESULT " + json.dumps(out))
-"""
+def _main_on_eight_devices(data_dir, workdir, overrides: dict) -> subprocess.CompletedProcess:
+  """`python -m cover_jax.main` with the base run's settings, on 8 fake CPU devices."""
+  flags = [f"--config.{k}={v}" for k, v in {
+      "seed": 2, "total_steps": 4, "log_every": 1, "eval_every": 0, "checkpoint_every": 0,
+      "data_dir": data_dir, "datasets.motion.eval_split": "", **overrides}.items()]
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
+         + os.environ.get("XLA_FLAGS", "")}
+  return subprocess.run([sys.executable, "-m", "cover_jax.main",
+                         "--config=configs/demo.py:tiny=true,datasets=motion",
+                         f"--workdir={workdir}", *flags], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
 
 
 def test_sharding_leaves_the_math_unchanged(runs, tiny_data_dir, tmp_path):
-  cases = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}
-           for name, o in SAME_MATH_ON_A_MESH.items()}
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
-         + os.environ.get("XLA_FLAGS", ""), "PYTHONPATH": str(REPO)}
-  result = subprocess.run([sys.executable, "-c", _MESH_SCRIPT, tiny_data_dir, str(tmp_path),
-                           json.dumps(cases)], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  logged = json.loads(result.stdout.split("RESULT ", 1)[1])
+  """The main command on 8 devices, data parallel and FSDP: the one-device run's losses."""
   baseline = runs.get({})
-  for name, train in logged.items():
-    assert _same(baseline, {"train": train, "eval": baseline.get("eval")}, rtol=1e-3), name
+  for name, overrides in SAME_MATH_ON_A_MESH.items():
+    result = _main_on_eight_devices(tiny_data_dir, tmp_path / name, overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "8 device(s)" in result.stdout and "Final accuracy after 4 steps" in result.stdout
+    logged = {"train": _train_log(tmp_path / name), "eval": baseline.get("eval")}
+    assert _same(baseline, logged, rtol=1e-3), (name, baseline, logged)
