@@ -14,7 +14,7 @@ intra-op pool on neither thread):
 Ours: XLA:CPU thunks from a `jax.profiler` trace, each classified from the
 compiled HLO (a fusion that contains a `dot` is a matmul, a copy or transpose
 fusion is a layout copy, ...). PyTorch: `torch.profiler` self CPU time per
-aten op. benchmarks/NOTES.md has the tables this printed and what they mean.
+aten op. docs/performance.md has the tables this printed and what they mean.
 """
 
 from __future__ import annotations

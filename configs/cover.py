@@ -3,7 +3,7 @@ r"""CoVeR: co-train one TimeSformer on Kinetics-400, SSv2, Moments-in-Time and I
 One head per dataset; every step trains on one batch of every dataset and the
 loss is the weighted mean of their losses (mixture 'all', equal weights).
 Dataset settings come from cover_jax/config/catalog.py; data directories from the
-arguments (README "Preparing data" makes them):
+arguments (docs/data.md "Preparing data" makes them):
 
   python -m cover_jax.main --config=configs/cover.py:k400=/data/k400,ssv2=/data/ssv2,mit=/data/mit,in21k=/data/in21k \
       --workdir=/ckpt/cover --config.init_from=/ckpt/ViT-B_16.npz

@@ -1,7 +1,7 @@
 r"""Fine-tune a trained model on one dataset: a co-trained CoVeR run, or a released TimeSformer.
 
 Two recipes, one file (the starting weights go in `init`, any format
-`--config.init_from` takes: README "Fine-tuning"):
+`--config.init_from` takes: docs/finetune.md "Fine-tuning"):
 
 1. A co-trained CoVeR checkpoint on one of its datasets. The head of the same
    name and class count is kept, so fine-tuning starts from the co-trained

@@ -1,7 +1,7 @@
 r"""ImageNet-1k as 1-frame videos (catalog: cover_jax/config/catalog.py), from TFDS `imagenet2012`.
 
 Data: the TFDS data_dir holding the prepared `imagenet2012` (a manual download,
-built once, never at run time; README "Preparing data").
+built once, never at run time; docs/data.md "Preparing data").
 
   python -m cover_jax.main --config=configs/imagenet1k.py:data=/data/tfds --workdir=/ckpt/in1k \
       --config.init_from=/ckpt/ViT-B_16.npz

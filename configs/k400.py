@@ -1,6 +1,6 @@
 r"""Kinetics-400: fine-tune CoVeR's TimeSformer on one dataset (catalog: cover_jax/config/catalog.py).
 
-Data: DMVR-format records made by the preparation tool (README "Preparing data"),
+Data: DMVR-format records made by the preparation tool (docs/data.md "Preparing data"),
 e.g. `python -m cover_jax.prepare --format=kinetics --split=train ... --output_dir=/data/k400`
 and the same for `--split=validation`.
 

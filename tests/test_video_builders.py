@@ -102,7 +102,7 @@ def test_an_empty_manual_dir_gives_the_instructions(tmp_path):
 
 def test_kinetics_prepared_by_tfds_trains_and_evaluates_through_the_tfds_source(
     raw, tmp_path, monkeypatch):
-  # The README path `--config.datasets.k400.source=tfds --config.datasets.k400.tfds_name=
+  # The docs/data.md path `--config.datasets.k400.source=tfds --config.datasets.k400.tfds_name=
   # cover_kinetics/<config>`: the builder prepares offline, the trainer reads the prepared
   # dataset by name. A 2-class test config stands in for k400 (400 classes).
   tiny = video_builders.VideoConfig(name="tiny", version="1.0.0", num_classes=2, **TINY)

@@ -5,7 +5,7 @@ entries from this table (`dataset_entry`), so a dataset's settings are written
 down once. Paths come from the config file's arguments (`experiment_config`).
 
 Clip sampling follows TimeSformer's recipes on our prepared frame rates
-(README "Preparing data": Kinetics and MiT at 25 fps, SSv2 at 12 fps):
+(docs/data.md "Preparing data": Kinetics and MiT at 25 fps, SSv2 at 12 fps):
 Kinetics 8 frames at stride 32 (as TimeSformer's 8x32), Moments-in-Time
 (3-second videos) 8 at stride 8, SSv2 one frame from each of 8 segments of the
 whole video. SSv2 is never flipped: its classes name directions ("pushing
@@ -36,7 +36,7 @@ class Entry:
   eval_split: str = "validation"
   eval_short_side: int = 0   # images: resize to 256 then crop 224 (the 0.875 convention)
   tfds_name: str = ""
-  prepare: str = ""          # how its data directory is made (README "Preparing data")
+  prepare: str = ""          # how its data directory is made (docs/data.md "Preparing data")
 
 
 CATALOG = {

@@ -310,7 +310,7 @@ def _named_tfds(name: str, cfg, data_dir: str) -> TfdsDataset:
     raise _fail(name, f"TFDS dataset {cfg.tfds_name!r} is not prepared in {data_dir} "
                 "(it is never downloaded at run time)",
                 f"config.data_dir; prepare it once with `tfds build {cfg.tfds_name} "
-                f"--data_dir={data_dir} --manual_dir=<raw files>` (README: Preparing data)")
+                f"--data_dir={data_dir} --manual_dir=<raw files>` (docs/data.md: Preparing data)")
   return TfdsDataset(name, cfg, builder)
 
 

@@ -231,7 +231,7 @@ def as_rows(x: jax.Array) -> tuple[jax.Array, tuple[int, ...]]:
   A weight matmul on (M, D) rows rather than on (B, N, T, D) is the same
   math, but XLA:CPU then computes the weight gradient as one plain
   (D, M) x (M, F) matmul; with several contracted token axes it transposed
-  the gradient in memory first and ran a slower kernel (benchmarks/NOTES.md).
+  the gradient in memory first and ran a slower kernel (docs/performance.md).
   The reshape is free (row-major).
   """
   return x.reshape(-1, x.shape[-1]), x.shape[:-1]

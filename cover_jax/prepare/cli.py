@@ -9,7 +9,7 @@ r"""Prepares a video collection for training: sharded DMVR-format records of one
 
 Formats: `csv` (DMVR's `video_path,start,end,label`), `kinetics` (the official
 CSVs), `ssv2` (Something-Something-v2's JSON), `folder` (one folder per class);
-see `annotations.py`. The README's "Preparing data" has the command for each of
+see `annotations.py`. docs/data.md "Preparing data" has the command for each of
 the paper's datasets.
 
 The dataset directory (the contract with the readers):
