@@ -97,6 +97,11 @@ class StepBench:
     self.run_fns = {}    # kind -> one timed step
     self.hlo_texts = {}  # kind -> the compiled step's optimised HLO
 
+  @property
+  def state(self):
+    """The current train state (a TrainState rebuilt from the flat list the step keeps)."""
+    return self.step.unflatten(self.leaves)
+
   def _batch(self, frames: int):
 
     c = self.config

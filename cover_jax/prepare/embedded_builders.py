@@ -90,6 +90,15 @@ class _SyntheticBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
   SOURCE: ClassVar[str] = ""
   DESCRIPTION: ClassVar[str] = ""
 
+  # TFDS prints "Downloading and preparing dataset ..." and "... downloaded and
+  # prepared" to stdout (nothing is downloaded: the data is generated); a run
+  # building its embedded data logs them instead of interrupting its story.
+  def _log_download_bytes(self) -> None:
+    logging.info("generating %s/%s in %s", self.name, self.builder_config.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info("generated %s in %s", self.name, self.data_dir)
+
   @tfds.core.utils.classproperty
   @classmethod
   def code_path(cls) -> epath.Path:
