@@ -45,3 +45,26 @@ def tiny_config(tiny_data_dir):
   from tests.helpers import load_config
 
   return load_config(arg="tiny=true", data_dir=tiny_data_dir)
+
+
+TINY_RUN_SEED = 2  # the 'sample' mixture draws every tiny dataset within its 6 steps
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_data_dir, tmp_path_factory):
+  """(workdir, result): one finished 6-step tiny demo run through the main command.
+
+  Seed 2, checkpoints at steps 3 and 6. Shared by the tests that only read it;
+  tests that change a workdir copy it first.
+  """
+  import subprocess
+  import sys
+  from tests.helpers import REPO
+
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  cmd = [sys.executable, "-m", "cover_jax.main", "--config=configs/demo.py:tiny=true",
+         f"--workdir={workdir}", f"--config.data_dir={tiny_data_dir}",
+         f"--config.seed={TINY_RUN_SEED}"]
+  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result

@@ -116,11 +116,9 @@ def test_init_from_a_huggingface_model_with_head_map(tiny_data_dir, tmp_path):
   np.testing.assert_array_equal(got["pos_embed"], hf_pos[[0, 1, 3, 9, 11]])  # grid rows/cols 0, 2
 
 
-def test_training_checkpoints_record_class_names(tiny_data_dir, tmp_path):
-  config = load_config(arg="tiny=true", data_dir=tiny_data_dir, total_steps=3, checkpoint_every=3,
-                       eval_every=0, log_every=3)
-  loop.train_and_evaluate(config, str(tmp_path))
-  meta = json.loads((tmp_path / "checkpoints" / "3" / "meta" / "metadata").read_text())
+def test_training_checkpoints_record_class_names(tiny_run):
+  workdir, _ = tiny_run
+  meta = json.loads((workdir / "checkpoints" / "3" / "meta" / "metadata").read_text())
   assert meta["class_names"]["motion"] == list(synthetic.MOTION_CLASSES)
   assert meta["class_names"]["motion"][:2] == ["move left", "move right"]
   assert len(meta["class_names"]["images"]) == 36

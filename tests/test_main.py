@@ -47,12 +47,9 @@ def test_seed_samples_every_dataset_early(tiny_config):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data_dir, tmp_path_factory):
-  """One finished 6-step tiny run of the main job (shared by several tests)."""
-  workdir = tmp_path_factory.mktemp("run")
-  result = _main(workdir, tiny_data_dir)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, result
+def trained(tiny_run):
+  """One finished 6-step tiny run of the main job (conftest.tiny_run: seed SEED)."""
+  return tiny_run
 
 
 def test_main_prints_a_per_dataset_accuracy_table(trained):

@@ -16,7 +16,8 @@ SEED = 2
 
 
 def _config(data_dir, **overrides):
-  return load_config(arg="tiny=true", data_dir=data_dir, seed=SEED, eval_every=0, **overrides)
+  """The config of conftest's tiny_run (the `trained` checkpoints), changed by `overrides`."""
+  return load_config(arg="tiny=true", data_dir=data_dir, seed=SEED, **overrides)
 
 
 def _steps(checkpoints: pathlib.Path) -> list[str]:
@@ -24,11 +25,9 @@ def _steps(checkpoints: pathlib.Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data_dir, tmp_path_factory):
-  """A finished 6-step tiny run with checkpoints 3 and 6."""
-  workdir = tmp_path_factory.mktemp("trained")
-  loop.train_and_evaluate(_config(tiny_data_dir), str(workdir))
-  return workdir
+def trained(tiny_run):
+  """A finished 6-step tiny run with checkpoints 3 and 6 (conftest.tiny_run, seed SEED)."""
+  return tiny_run[0]
 
 
 @pytest.fixture
