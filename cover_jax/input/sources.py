@@ -51,6 +51,7 @@ class Source:
 
   is_video = True
   jpeg_only = True  # frames are JPEG (tf.io.decode_jpeg), else any image format
+  generated_here = False  # an embedded set this code generated (its records are known good)
 
   def __init__(self, name: str, cfg):
     self.name, self.cfg = name, cfg
@@ -322,6 +323,7 @@ def open_source(name: str, cfg, data_dir: str) -> Source:
                              num_test=syn.num_test, size=syn.size, num_frames=syn.num_frames,
                              seed=syn.seed)
     source = TfdsDataset(name, cfg, builder)
+    source.generated_here = True
   elif cfg.source == "tfds":
     source = _named_tfds(name, cfg, data_dir)
   else:

@@ -24,10 +24,12 @@ import dataclasses
 import fcntl
 import os
 import random
+import threading
 from typing import ClassVar
 
 from absl import logging
 from etils import epath
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from cover_jax.prepare import synthetic
@@ -139,9 +141,20 @@ class _SyntheticBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   def _generate_examples(self, split: str, num_examples: int):
     config = self._config
-    return synthetic.generate_examples(self.SOURCE, split, num_examples,
-                                       num_frames=config.num_frames, size=config.size,
-                                       seed=config.seed)
+    examples = synthetic.generate_examples(self.SOURCE, split, num_examples,
+                                           num_frames=config.num_frames, size=config.size,
+                                           seed=config.seed)
+    for key, example in examples:
+      if "video" in example:  # TFDS would encode the frames one eager call at a time
+        example = {**example, "video": list(_encode_png_frames(example["video"]).numpy())}
+      yield key, example
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8)])
+def _encode_png_frames(video_thwc):
+  """A video's frames as PNG bytes, in one call: the bytes TFDS's Video feature would write
+  frame by frame (the same encoder and settings), about 10x faster for small frames."""
+  return tf.map_fn(tf.image.encode_png, video_thwc, fn_output_signature=tf.string)
 
 
 class _VideoBuilder(_SyntheticBuilder, skip_registration=True):
@@ -231,20 +244,31 @@ def _build_lock(data_dir: str, name: str):
       fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
+_random_lock = threading.Lock()
+_random_users = {"count": 0, "state": None}  # builds in progress, the state to restore
+
+
 @contextlib.contextmanager
 def _fresh_python_random():
-  """Temporarily reseeds `random` from the OS, then restores its state.
+  """Reseeds `random` from the OS while builds run, then restores its state.
 
   TFDS names its temp dir with `random.choice`: two processes that seeded
   `random` identically (common in training scripts) would otherwise write
-  into the same temp dir.
+  into the same temp dir. Builds may run in threads at once (pipeline.py):
+  the first to start saves the state, the last to finish restores it.
   """
-  state = random.getstate()
-  random.seed()
+  with _random_lock:
+    if _random_users["count"] == 0:
+      _random_users["state"] = random.getstate()
+      random.seed()
+    _random_users["count"] += 1
   try:
     yield
   finally:
-    random.setstate(state)
+    with _random_lock:
+      _random_users["count"] -= 1
+      if _random_users["count"] == 0:
+        random.setstate(_random_users["state"])
 
 
 def _prepare(builder: tfds.core.DatasetBuilder) -> None:
