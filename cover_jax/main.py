@@ -33,6 +33,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cover_jax.config import command_line
+from cover_jax.train import exits
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -50,30 +51,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
-DATASET_EXIT_STATUS = 6  # a dataset cannot be read (see the module docstring)
-
-
-def _failures():
-  """(exception, exit status, message prefix) for each way a run can end early."""
-  from cover_jax.checkpoint import resume_checks, workdir  # pylint: disable=import-outside-toplevel
-  from cover_jax.config import validation  # pylint: disable=import-outside-toplevel
-  from cover_jax.input import pipeline  # pylint: disable=import-outside-toplevel
-  from cover_jax.prepare import class_list  # pylint: disable=import-outside-toplevel
-  from cover_jax.pretrained.weights import PretrainedError  # pylint: disable=import-outside-toplevel
-  from cover_jax.train import loop, preemption  # pylint: disable=import-outside-toplevel
-
-  return (
-      (validation.ConfigError, 2, "error: "),
-      (resume_checks.LayoutMismatchError, 2, "error: "),  # scanned vs unscanned workdir
-      (resume_checks.ResumeConfigError, 2, "error: "),
-      (PretrainedError, 2, "error: config.init_from: "),
-      (loop.NoCheckpointError, 1, "error: "),
-      (loop.NonFiniteLossError, 3, "error: "),
-      (preemption.Preempted, preemption.EXIT_STATUS, ""),
-      (workdir.WorkdirError, workdir.EXIT_STATUS, "error: "),
-      (pipeline.DatasetError, DATASET_EXIT_STATUS, "error: "),
-      (class_list.ClassListError, DATASET_EXIT_STATUS, "error: "),
-  )
+DATASET_EXIT_STATUS = exits.DATASET_EXIT_STATUS  # a dataset cannot be read (see above)
 
 
 def _use_compilation_cache(jax) -> None:
@@ -114,7 +92,7 @@ def main(argv):
     sys.exit(2)
   if jax.process_index() != 0:
     run_log.quiet_terminal()  # process 0 tells the story
-  failures = _failures()
+  failures = exits.failures()
   try:
     validation.validate_config(config, num_devices=jax.device_count(),
                                process_count=jax.process_count())
@@ -124,8 +102,8 @@ def main(argv):
       print(f"config: {workdir}/config.json, log: {run_log.to_workdir(workdir)}", flush=True)
       loop.train_and_evaluate(config, workdir)
   except tuple(kind for kind, _, _ in failures) as e:
-    status, prefix = next((s, p) for kind, s, p in failures if isinstance(e, kind))
-    print(f"{prefix}{e}", file=sys.stderr)
+    status, message = exits.status_and_message(e, failures)
+    print(message, file=sys.stderr)
     sys.exit(status)
 
 
