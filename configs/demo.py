@@ -9,11 +9,9 @@ The datasets (built on first use into `config.data_dir`, no network):
 Main job (about 8 minutes on 2 CPU cores, install included):
   python -m cover_jax.main --config=configs/demo.py --workdir=/tmp/cover_demo
 
-The paper's comparison at toy scale (one dataset / several videos / videos +
-images), each in its own workdir:
+A subset on its own (the paper's comparison, with seeds and a pretrained
+start, is configs/study.py: python -m cover_jax.study, docs/study.md):
   python -m cover_jax.main --config=configs/demo.py:datasets=motion --workdir=/tmp/m
-  python -m cover_jax.main --config=configs/demo.py:datasets=appearance+motion --workdir=/tmp/am
-  python -m cover_jax.main --config=configs/demo.py:datasets=appearance+motion+images --workdir=/tmp/ami
 
 Arguments (after the colon, comma-separated):
   datasets  '+'-joined subset of appearance, motion, images

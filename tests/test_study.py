@@ -80,11 +80,12 @@ def test_summary_comparisons_and_report_from_hand_made_runs(tmp_path):
 
 
 def test_a_finding_that_does_not_appear_is_named_with_its_size():
-  found = [{"dataset": "a", "diff": 3.0, "se": 0.5, "verdict": "helps"},
-           {"dataset": "m", "diff": -1.25, "se": 2.0, "verdict": "not resolved"}]
+  found = [{"dataset": "a", "diff": 3.0, "se": 0.5, "verdict": "helps", "n": 3},
+           {"dataset": "m", "diff": -1.25, "se": 2.0, "verdict": "not resolved", "n": 3,
+            "low": -9.86, "high": 7.36}]
   assert study_report.finding_sentence("(1) co-training", found) == (
-      "(1) co-training: helps on a (+3.0 ± 0.5); does not appear on m (-1.2 ± 2.0, "
-      "not resolved).")
+      "(1) co-training: helps on a (+3.0 ± 0.5); does not appear on m (-1.2 ± 2.0: "
+      "not resolved, 95% interval [-9.9, +7.4]).")
 
 
 @pytest.mark.parametrize("arg", [None, "quick=true", "tiny=true"])

@@ -168,7 +168,7 @@ def _arm_fields(arm: study_arms.Arm) -> dict:
 
 def markdown(report: Mapping) -> str:
   """study.md: the protocol in brief, a table per dataset, what the comparisons show."""
-  lines = ["# Co-training study", "", _protocol(report), ""]
+  lines = ["# Co-training study", "", _protocol(report), "", report.get("timing", ""), ""]
   summary = report["summary"]
   for dataset in list(report["videos"]) + sorted(set(summary) - set(report["videos"])):
     if dataset in summary:
@@ -183,8 +183,7 @@ def _protocol(report: Mapping) -> str:
           f"{len(seeds)}). Test top-1 (video level), mean ± std over seeds; Δ: the paired "
           "difference to the reference arm (seed by seed), mean ± standard error. Steps: "
           "batches of the dataset / of all datasets together; co-trained arms take one batch "
-          "of every dataset per step (stage 0 is every arm's and not counted). "
-          f"{report.get('timing', '')}")
+          "of every dataset per step (stage 0 is every arm's and not counted).")
 
 
 def _start(start: str) -> str:
@@ -226,7 +225,7 @@ def _findings(report: Mapping) -> list[str]:
            "| dataset | comparison | arm − reference | Δ ± s.e. | 95% interval | verdict |",
            "|---|---|---|---:|---|---|"]
   for c in found:
-    interval = (f"[{c['low']:+.1f}, {c['high']:+.1f}]" if c.get("n", 0) > 1 else "")
+    interval = _interval(c).replace(", 95% interval ", "")
     lines.append(f"| {c['dataset']} | {c['question']} | {c['arm']} − {c['reference']} | "
                  f"{_signed(c)} | {interval} | {c['verdict']} |")
   lines.append("")
@@ -238,11 +237,15 @@ def _findings(report: Mapping) -> list[str]:
 def finding_sentence(question: str, found: Sequence[Mapping]) -> str:
   """One line: on which datasets a comparison helps, and where (by how much) it does not."""
   helps = [f"{c['dataset']} ({_signed(c)})" for c in found if c["verdict"] == "helps"]
-  rest = [f"{c['dataset']} ({_signed(c)}, {c['verdict']})" for c in found
+  rest = [f"{c['dataset']} ({_signed(c)}: {c['verdict']}{_interval(c)})" for c in found
           if c["verdict"] != "helps"]
   text = f"{question[0].upper()}{question[1:]}: "
   text += f"helps on {', '.join(helps)}" if helps else "helps on no dataset"
   return text + (f"; does not appear on {', '.join(rest)}." if rest else ".")
+
+
+def _interval(c: Mapping) -> str:
+  return f", 95% interval [{c['low']:+.1f}, {c['high']:+.1f}]" if c.get("n", 0) > 1 else ""
 
 
 def plot(report: Mapping) -> bytes:
