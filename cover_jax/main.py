@@ -26,7 +26,6 @@ records decodes, or its classes.txt disagrees with its records).
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
@@ -54,33 +53,13 @@ flags.mark_flags_as_required(["config", "workdir"])
 DATASET_EXIT_STATUS = exits.DATASET_EXIT_STATUS  # a dataset cannot be read (see above)
 
 
-def _use_compilation_cache(jax) -> None:
-  """Compiled steps are kept across runs (a rerun or a resumed run starts in seconds).
-
-  In ~/.cache/cover_jax/xla unless JAX_COMPILATION_CACHE_DIR says where (JAX's
-  own setting; set it to an empty string to turn the cache off).
-  """
-  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "cover_jax", "xla"))
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-    # Every compile of a run is worth keeping: even sub-second ones add up at start-up.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def main(argv):
   del argv
   config, workdir = _CONFIG.value, _WORKDIR.value
-  print(f"cover_jax: {_MODE.value} in {workdir}", flush=True)
-  # Only TensorFlow's warnings and errors (a skipped record's reason among
-  # them), not its start-up notices; set before TensorFlow is imported.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-  from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
-  run_log.capture()  # held in memory: an invalid config writes nothing
-  import jax  # pylint: disable=import-outside-toplevel (after absl parsed flags: JAX flags settled)
-  _use_compilation_cache(jax)
+  jax = exits.start(f"cover_jax: {_MODE.value} in {workdir}")
 
   from cover_jax.config import validation  # pylint: disable=import-outside-toplevel
+  from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
   from cover_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   from cover_jax.train import loop  # pylint: disable=import-outside-toplevel
 

@@ -82,7 +82,7 @@ def run_study(study, workdir: str, *, train: bool = True) -> dict:
   stage0 = study_arms.pretrain_arm(study)
   report = study_report.build(([stage0] if stage0 else []) + study_arms.arms(study), done,
                               study_arms.names(study.videos),
-                              _info(study, runs, done, time.time() - start, load))
+                              _info(study, runs, done, time.time() - start, load, train))
   if jax.process_index() == 0:
     study_report.write(workdir, report)
   print(f"\n{study_report.markdown(report)}\nreport: {workdir}/study.md, study.json, study.png "
@@ -90,13 +90,14 @@ def run_study(study, workdir: str, *, train: bool = True) -> dict:
   return report
 
 
-def _info(study, runs, done, seconds: float, load: tuple) -> dict:
+def _info(study, runs, done, seconds: float, load: tuple, trained: bool) -> dict:
   """What the report says about the study besides its numbers."""
   total = sum(r["seconds"] or 0.0 for r in done)
-  timing = (f"The {len(done)} runs took {total / 60:.1f} min of training time (the sum of "
-            f"their own timings) on {os.cpu_count()} CPU core(s); this command ran "
-            f"{seconds / 60:.1f} min, load average {load[0]:.1f} at its start and "
-            f"{_load()[0]:.1f} at its end.")
+  timing = (f"The {len(done)} runs took {total / 60:.1f} min (the sum of their own timings) "
+            f"on {os.cpu_count()} CPU core(s)")
+  timing += (f"; this command ran {seconds / 60:.1f} min, load average {load[0]:.1f} at its "
+             f"start and {_load()[0]:.1f} at its end." if trained else
+             "; this report was written from them without training (--mode=report).")
   return {"seeds": list(range(study.seeds)), "regime": study.regime, "steps": study.steps,
           "runs_planned": len(runs), "timing": timing,
           "datasets": {name: _dataset_info(ds) for name, ds in study.datasets.items()}}
@@ -127,31 +128,15 @@ def _load() -> tuple[float, float, float]:
     return (float("nan"),) * 3
 
 
-def _use_compilation_cache(jax) -> None:
-  """Compiled steps kept across runs: an arm's seeds and a rerun compile nothing again.
-
-  In ~/.cache/cover_jax/xla unless JAX_COMPILATION_CACHE_DIR says where.
-  """
-  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "cover_jax", "xla"))
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-
-
 def main(argv):
   del argv
   study, workdir = FLAGS.config, FLAGS.workdir
-  print(f"cover_jax study: {FLAGS.mode} in {workdir}", flush=True)
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-  from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
-  run_log.capture()  # held in memory: an invalid config writes nothing
-  import jax  # pylint: disable=import-outside-toplevel (after absl parsed flags)
+  from cover_jax.train import exits  # pylint: disable=import-outside-toplevel
+  jax = exits.start(f"cover_jax study: {FLAGS.mode} in {workdir}")
 
   from cover_jax.config import study_arms  # pylint: disable=import-outside-toplevel
-  from cover_jax.train import exits  # pylint: disable=import-outside-toplevel
+  from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
 
-  _use_compilation_cache(jax)
   failures = exits.failures()
   try:
     study_arms.check(study, num_devices=jax.device_count(), process_count=jax.process_count())

@@ -139,6 +139,15 @@ def test_noise_is_the_difficulty_knob(source):
                                              noise=-1)
 
 
+def test_the_catalog_states_the_generators_facts():
+  from cover_jax.config import catalog
+
+  assert catalog.EMBEDDED_NOISE == synthetic.NOISE_AMPLITUDE
+  for source, classes, is_video, _ in catalog.EMBEDDED.values():
+    assert classes == len(synthetic.class_names(source))
+    assert is_video == embedded_builders.IS_VIDEO[source]
+
+
 def test_sources_use_independent_random_streams():
   a = synthetic.example_rng("synthetic_appearance", "train", 0).random(4)
   b = synthetic.example_rng("synthetic_motion", "train", 0).random(4)

@@ -60,13 +60,17 @@ CATALOG = {
 
 
 # The embedded datasets (cover_jax/prepare/synthetic.py), built on first use:
-# name -> (source, is a video set, may be flipped).
+# name -> (source, classes, is a video set, may be flipped). The class counts
+# are the generator's (validation checks a config's against it).
 EMBEDDED = {
-    "appearance": ("synthetic_appearance", True, True),
+    "appearance": ("synthetic_appearance", 12, True, True),
     # Flipping a "move left" clip makes it "move right": never flip motion.
-    "motion": ("synthetic_motion", True, False),
-    "images": ("synthetic_images", False, True),
+    "motion": ("synthetic_motion", 8, True, False),
+    "images": ("synthetic_images", 36, False, True),
 }
+# The generator's default noise amplitude (synthetic.NOISE_AMPLITUDE: the
+# demo's data; tests/test_synthetic_data.py pins that they agree).
+EMBEDDED_NOISE = 8
 
 
 def embedded_entry(name: str, *, tiny: bool = False, synthetic: dict | None = None,
@@ -81,13 +85,10 @@ def embedded_entry(name: str, *, tiny: bool = False, synthetic: dict | None = No
       `num_frames`, `size`, `seed`, `noise`).
     **overrides: any other dataset field.
   """
-  # Imported here: the synthetic generator is NumPy only, but keep config/ free of it at import.
-  from cover_jax.prepare import synthetic as generator  # pylint: disable=import-outside-toplevel
-
-  source, is_video, flip = EMBEDDED[name]
+  source, classes, is_video, flip = EMBEDDED[name]
   fields = dict(
       source=source,
-      num_classes=len(generator.class_names(source)),
+      num_classes=classes,
       num_frames=4 if is_video else 1,
       # Temporal stride: 4 frames at stride 4 span 13 of the 16 stored frames.
       stride=(2 if tiny else 4) if is_video else 1,
@@ -107,7 +108,7 @@ def embedded_entry(name: str, *, tiny: bool = False, synthetic: dict | None = No
           size=20 if tiny else 40,
           seed=0,
           # Per-pixel noise amplitude, the difficulty knob (configs/study.py raises it).
-          noise=generator.NOISE_AMPLITUDE)),
+          noise=EMBEDDED_NOISE)),
   )
   fields.update(overrides)
   entry = defaults.dataset_config(**fields)
