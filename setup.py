@@ -19,6 +19,7 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",  # progress bars of the data preparation tool
     "safetensors==0.8.0",  # HuggingFace checkpoints, read without pickle
     "importlib-resources==7.1.0",  # TFDS's registered datasets (imagenet2012) import it
+    "matplotlib==3.11.2",  # the co-training study's picture (evaluation/study_report.py)
 ]
 
 setup(

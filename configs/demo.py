@@ -9,11 +9,9 @@ The datasets (built on first use into `config.data_dir`, no network):
 Main job (about 8 minutes on 2 CPU cores, install included):
   python -m cover_jax.main --config=configs/demo.py --workdir=/tmp/cover_demo
 
-The paper's comparison at toy scale (one dataset / several videos / videos +
-images), each in its own workdir:
+A subset on its own (the paper's comparison, with seeds and a pretrained
+start, is configs/study.py: python -m cover_jax.study, docs/study.md):
   python -m cover_jax.main --config=configs/demo.py:datasets=motion --workdir=/tmp/m
-  python -m cover_jax.main --config=configs/demo.py:datasets=appearance+motion --workdir=/tmp/am
-  python -m cover_jax.main --config=configs/demo.py:datasets=appearance+motion+images --workdir=/tmp/ami
 
 Arguments (after the colon, comma-separated):
   datasets  '+'-joined subset of appearance, motion, images
@@ -28,16 +26,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from cover_jax.config import args as config_args, defaults
-from cover_jax.prepare import synthetic
-
-# name -> (source, classes, is_video, flip, sampling weight)
-DEMO_DATASETS = {
-    "appearance": ("synthetic_appearance", len(synthetic.APPEARANCE_CLASSES), True, True, 1.0),
-    # Flipping a "move left" clip makes it "move right": never flip motion.
-    "motion": ("synthetic_motion", len(synthetic.MOTION_CLASSES), True, False, 1.0),
-    "images": ("synthetic_images", len(synthetic.IMAGE_CLASSES), False, True, 1.0),
-}
+from cover_jax.config import args as config_args, catalog, defaults
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -45,11 +34,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = config_args.parse_arg(arg, datasets="appearance+motion+images", steps=0,
                               mixture="sample", tiny=False)
   names = [n for n in arg.datasets.split("+") if n]
-  unknown = [n for n in names if n not in DEMO_DATASETS]
+  unknown = [n for n in names if n not in catalog.EMBEDDED]
   if unknown or not names:
     raise ValueError(f"configs/demo.py: unknown dataset(s) {unknown} in "
                      f"datasets={arg.datasets!r}; choose a '+'-joined subset of "
-                     f"{sorted(DEMO_DATASETS)}, e.g. datasets=appearance+motion.")
+                     f"{sorted(catalog.EMBEDDED)}, e.g. datasets=appearance+motion.")
 
   config = defaults.base_config()
   config.mixture = arg.mixture
@@ -66,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optimizer = defaults.optimizer_config(learning_rate=1e-3, warmup_steps=100)
 
   for name in names:
-    config.datasets[name] = _synthetic_dataset(name, tiny=arg.tiny)
+    config.datasets[name] = catalog.embedded_entry(name, tiny=arg.tiny)
 
   if arg.tiny:
     config.log_every = config.eval_every = config.checkpoint_every = 3
@@ -75,34 +64,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 2
   config.lock()
   return config
-
-
-def _synthetic_dataset(name: str, tiny: bool) -> ml_collections.ConfigDict:
-  """The demo's settings; every other field keeps defaults.dataset_config's default."""
-  source, classes, is_video, flip, weight = DEMO_DATASETS[name]
-  return defaults.dataset_config(
-      source=source,
-      num_classes=classes,
-      num_frames=4 if is_video else 1,
-      # Temporal stride: 4 frames at stride 4 span 13 of the 16 stored frames.
-      stride=(2 if tiny else 4) if is_video else 1,
-      crop_size=16 if tiny else 32,
-      flip=flip,
-      # A 1-frame image costs 1/4 of a clip, so images get bigger batches.
-      batch_size=8 if tiny else (32 if is_video else 64),
-      eval_batch_size=8 if tiny else 64,
-      eval_split="test",
-      weight=weight,
-      shuffle_buffer=256 if tiny else 2048,
-      cache=True,                    # small sets: keep the encoded frames in memory
-      # How the embedded dataset is generated (frames and pixels as stored).
-      synthetic=ml_collections.ConfigDict(dict(
-          num_train=(16 if tiny else 1200) * (2 if not is_video else 1),
-          num_test=16 if tiny else 300,
-          num_frames=8 if tiny else 16,
-          size=20 if tiny else 40,
-          seed=0)),
-  )
 
 
 def sweep_learning_rate():

@@ -26,13 +26,13 @@ records decodes, or its classes.txt disagrees with its records).
 
 from __future__ import annotations
 
-import os
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from cover_jax.config import command_line
+from cover_jax.train import exits
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -50,59 +50,16 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, 0-based.")
 flags.mark_flags_as_required(["config", "workdir"])
-DATASET_EXIT_STATUS = 6  # a dataset cannot be read (see the module docstring)
-
-
-def _failures():
-  """(exception, exit status, message prefix) for each way a run can end early."""
-  from cover_jax.checkpoint import resume_checks, workdir  # pylint: disable=import-outside-toplevel
-  from cover_jax.config import validation  # pylint: disable=import-outside-toplevel
-  from cover_jax.input import pipeline  # pylint: disable=import-outside-toplevel
-  from cover_jax.prepare import class_list  # pylint: disable=import-outside-toplevel
-  from cover_jax.pretrained.weights import PretrainedError  # pylint: disable=import-outside-toplevel
-  from cover_jax.train import loop, preemption  # pylint: disable=import-outside-toplevel
-
-  return (
-      (validation.ConfigError, 2, "error: "),
-      (resume_checks.LayoutMismatchError, 2, "error: "),  # scanned vs unscanned workdir
-      (resume_checks.ResumeConfigError, 2, "error: "),
-      (PretrainedError, 2, "error: config.init_from: "),
-      (loop.NoCheckpointError, 1, "error: "),
-      (loop.NonFiniteLossError, 3, "error: "),
-      (preemption.Preempted, preemption.EXIT_STATUS, ""),
-      (workdir.WorkdirError, workdir.EXIT_STATUS, "error: "),
-      (pipeline.DatasetError, DATASET_EXIT_STATUS, "error: "),
-      (class_list.ClassListError, DATASET_EXIT_STATUS, "error: "),
-  )
-
-
-def _use_compilation_cache(jax) -> None:
-  """Compiled steps are kept across runs (a rerun or a resumed run starts in seconds).
-
-  In ~/.cache/cover_jax/xla unless JAX_COMPILATION_CACHE_DIR says where (JAX's
-  own setting; set it to an empty string to turn the cache off).
-  """
-  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    jax.config.update("jax_compilation_cache_dir",
-                      os.path.join(os.path.expanduser("~"), ".cache", "cover_jax", "xla"))
-  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
-    # Every compile of a run is worth keeping: even sub-second ones add up at start-up.
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+DATASET_EXIT_STATUS = exits.DATASET_EXIT_STATUS  # a dataset cannot be read (see above)
 
 
 def main(argv):
   del argv
   config, workdir = _CONFIG.value, _WORKDIR.value
-  print(f"cover_jax: {_MODE.value} in {workdir}", flush=True)
-  # Only TensorFlow's warnings and errors (a skipped record's reason among
-  # them), not its start-up notices; set before TensorFlow is imported.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-  from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
-  run_log.capture()  # held in memory: an invalid config writes nothing
-  import jax  # pylint: disable=import-outside-toplevel (after absl parsed flags: JAX flags settled)
-  _use_compilation_cache(jax)
+  jax = exits.start(f"cover_jax: {_MODE.value} in {workdir}")
 
   from cover_jax.config import validation  # pylint: disable=import-outside-toplevel
+  from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
   from cover_jax.parallel import distributed  # pylint: disable=import-outside-toplevel
   from cover_jax.train import loop  # pylint: disable=import-outside-toplevel
 
@@ -114,7 +71,7 @@ def main(argv):
     sys.exit(2)
   if jax.process_index() != 0:
     run_log.quiet_terminal()  # process 0 tells the story
-  failures = _failures()
+  failures = exits.failures()
   try:
     validation.validate_config(config, num_devices=jax.device_count(),
                                process_count=jax.process_count())
@@ -124,8 +81,8 @@ def main(argv):
       print(f"config: {workdir}/config.json, log: {run_log.to_workdir(workdir)}", flush=True)
       loop.train_and_evaluate(config, workdir)
   except tuple(kind for kind, _, _ in failures) as e:
-    status, prefix = next((s, p) for kind, s, p in failures if isinstance(e, kind))
-    print(f"{prefix}{e}", file=sys.stderr)
+    status, message = exits.status_and_message(e, failures)
+    print(message, file=sys.stderr)
     sys.exit(status)
 
 

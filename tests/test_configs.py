@@ -7,7 +7,9 @@ from cover_jax.config import args as config_args
 from cover_jax.config.validation import ConfigError, validate_config
 from tests.helpers import REPO, load_config
 
-CONFIG_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.py"))
+# configs/study.py describes a study of many training configs (tests/test_study.py checks each).
+CONFIG_FILES = sorted(str(p.relative_to(REPO)) for p in (REPO / "configs").glob("*.py")
+                      if p.name != "study.py")
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)

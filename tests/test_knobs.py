@@ -126,6 +126,7 @@ ACTS = {
     S + "num_frames": [({}, {S + "num_frames": 12})],
     S + "size": [({}, {S + "size": 24})],
     S + "seed": [({}, {S + "seed": 1})],
+    S + "noise": [({}, {S + "noise": 48})],  # the difficulty knob (configs/study.py)
 }
 
 # field -> [(base overrides, changed overrides)]: the losses must stay equal.

@@ -118,6 +118,36 @@ def test_generated_data_is_pinned(source):
   assert str(embedded_builders.CoverSyntheticMotion.VERSION) == "1.0.0"
 
 
+@pytest.mark.parametrize("source", synthetic.SOURCES)
+def test_noise_is_the_difficulty_knob(source):
+  """`noise` scales the per-pixel noise only: the same objects, backgrounds and labels."""
+  key = "video" if embedded_builders.IS_VIDEO[source] else "image"
+  kwargs = dict(num_frames=4, size=24)
+  default = synthetic.render_example(source, "train", 3, **kwargs)
+  same = synthetic.render_example(source, "train", 3, noise=synthetic.NOISE_AMPLITUDE, **kwargs)
+  clean = synthetic.render_example(source, "train", 3, noise=0, **kwargs)
+  noisy = synthetic.render_example(source, "train", 3, noise=64, **kwargs)
+  np.testing.assert_array_equal(default[key], same[key])
+  assert default["label"] == clean["label"] == noisy["label"]
+  spread = [np.abs(x[key].astype(int) - clean[key]).mean() for x in (default, noisy)]
+  assert 0 < spread[0] < spread[1]  # more noise, further from the clean frames
+  config = embedded_builders.SyntheticConfig.create(num_train=4, num_test=2, size=16,
+                                                    num_frames=3, noise=24)
+  assert config.name == "s16_f3_n4-2_seed0_noise24"  # the default noise keeps the old names
+  with pytest.raises(ValueError, match="noise must be an integer in"):
+    embedded_builders.SyntheticConfig.create(num_train=4, num_test=2, size=16, num_frames=3,
+                                             noise=-1)
+
+
+def test_the_catalog_states_the_generators_facts():
+  from cover_jax.config import catalog
+
+  assert catalog.EMBEDDED_NOISE == synthetic.NOISE_AMPLITUDE
+  for source, classes, is_video, _ in catalog.EMBEDDED.values():
+    assert classes == len(synthetic.class_names(source))
+    assert is_video == embedded_builders.IS_VIDEO[source]
+
+
 def test_sources_use_independent_random_streams():
   a = synthetic.example_rng("synthetic_appearance", "train", 0).random(4)
   b = synthetic.example_rng("synthetic_motion", "train", 0).random(4)

@@ -59,6 +59,63 @@ CATALOG = {
 }
 
 
+# The embedded datasets (cover_jax/prepare/synthetic.py), built on first use:
+# name -> (source, classes, is a video set, may be flipped). The class counts
+# are the generator's (validation checks a config's against it).
+EMBEDDED = {
+    "appearance": ("synthetic_appearance", 12, True, True),
+    # Flipping a "move left" clip makes it "move right": never flip motion.
+    "motion": ("synthetic_motion", 8, True, False),
+    "images": ("synthetic_images", 36, False, True),
+}
+# The generator's default noise amplitude (synthetic.NOISE_AMPLITUDE: the
+# demo's data; tests/test_synthetic_data.py pins that they agree).
+EMBEDDED_NOISE = 8
+
+
+def embedded_entry(name: str, *, tiny: bool = False, synthetic: dict | None = None,
+                   **overrides) -> ml_collections.ConfigDict:
+  """`config.datasets.<name>` for an embedded dataset: the demo's settings.
+
+  Args:
+    name: a key of `EMBEDDED`.
+    tiny: 20-px, 8-frame datasets of 16 (32 images) / 16 examples, 16-px crops,
+      batches of 8 (tests, smoke runs).
+    synthetic: changes to how the dataset is generated (`num_train`, `num_test`,
+      `num_frames`, `size`, `seed`, `noise`).
+    **overrides: any other dataset field.
+  """
+  source, classes, is_video, flip = EMBEDDED[name]
+  fields = dict(
+      source=source,
+      num_classes=classes,
+      num_frames=4 if is_video else 1,
+      # Temporal stride: 4 frames at stride 4 span 13 of the 16 stored frames.
+      stride=(2 if tiny else 4) if is_video else 1,
+      crop_size=16 if tiny else 32,
+      flip=flip,
+      # A 1-frame image costs 1/4 of a clip, so images get bigger batches.
+      batch_size=8 if tiny else (32 if is_video else 64),
+      eval_batch_size=8 if tiny else 64,
+      eval_split="test",
+      shuffle_buffer=256 if tiny else 2048,
+      cache=True,                    # small sets: keep the encoded frames in memory
+      # How the embedded dataset is generated (frames and pixels as stored).
+      synthetic=ml_collections.ConfigDict(dict(
+          num_train=(16 if tiny else 1200) * (2 if not is_video else 1),
+          num_test=16 if tiny else 300,
+          num_frames=8 if tiny else 16,
+          size=20 if tiny else 40,
+          seed=0,
+          # Per-pixel noise amplitude, the difficulty knob (configs/study.py raises it).
+          noise=EMBEDDED_NOISE)),
+  )
+  fields.update(overrides)
+  entry = defaults.dataset_config(**fields)
+  entry.synthetic.update(synthetic or {})
+  return entry
+
+
 def dataset_entry(name: str, path: str, *, tiny: bool = False, **overrides):
   """`config.datasets.<name>` for a catalog dataset whose data is at `path`.
 

@@ -327,7 +327,7 @@ def _check_source_fields(field, ds, embedded_builders) -> list[str]:
       return [_problem(f"{field}.num_classes", ds.num_classes,
                        f"source {ds.source} has {expected} classes",
                        f"--config.{field}.num_classes={expected}")]
-    return []
+    return _check_synthetic(f"{field}.synthetic", ds.get("synthetic"))
   out = []
   if ds.source == "tfds" and not ds.tfds_name:
     out.append(_problem(f"{field}.tfds_name", ds.tfds_name, "source 'tfds' needs a dataset name",
@@ -339,6 +339,24 @@ def _check_source_fields(field, ds, embedded_builders) -> list[str]:
   if ds.num_classes < 1:
     out.append(_problem(f"{field}.num_classes", ds.num_classes, "must be the dataset's class "
                         "count", f"--config.{field}.num_classes=400"))
+  return out
+
+
+def _check_synthetic(field, syn) -> list[str]:
+  """How an embedded dataset is generated (embedded_builders.SyntheticConfig)."""
+  from cover_jax.prepare import synthetic  # pylint: disable=import-outside-toplevel
+
+  if syn is None:
+    return [_problem(field, None, "an embedded dataset needs its generation settings",
+                     "start from configs/demo.py's datasets")]
+  out = [_problem(f"{field}.{name}", syn[name], "must be a positive integer",
+                  f"--config.{field}.{name}=16")
+         for name in ("num_train", "num_test", "size", "num_frames") if syn[name] < 1]
+  noise = syn.get("noise", synthetic.NOISE_AMPLITUDE)
+  if not 0 <= noise <= synthetic.MAX_NOISE:
+    out.append(_problem(f"{field}.noise", noise,
+                        f"the per-pixel noise amplitude must be in [0, {synthetic.MAX_NOISE}]",
+                        f"--config.{field}.noise={synthetic.NOISE_AMPLITUDE}"))
   return out
 
 

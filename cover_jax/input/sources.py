@@ -31,7 +31,7 @@ from absl import logging
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from cover_jax.prepare import class_list, dmvr_format, embedded_builders, image_index
+from cover_jax.prepare import class_list, dmvr_format, embedded_builders, image_index, synthetic
 
 RECORD_SOURCES = ("dmvr", "image_records")
 SOURCES = tuple(embedded_builders.SOURCES) + ("tfds", "dmvr", "image_folder", "image_records")
@@ -319,9 +319,10 @@ def open_source(name: str, cfg, data_dir: str) -> Source:
   """The configured dataset's source, opened and checked (DatasetError if unusable)."""
   if cfg.source in embedded_builders.SOURCES:
     syn = cfg.synthetic
+    # `noise` is absent from configs saved before it existed: the data they had.
     builder = embedded_builders.build(cfg.source, data_dir, num_train=syn.num_train,
                              num_test=syn.num_test, size=syn.size, num_frames=syn.num_frames,
-                             seed=syn.seed)
+                             seed=syn.seed, noise=syn.get("noise", synthetic.NOISE_AMPLITUDE))
     source = TfdsDataset(name, cfg, builder)
     source.generated_here = True
   elif cfg.source == "tfds":

@@ -3,8 +3,9 @@
 Each source is a real `tfds.core.GeneratorBasedBuilder`, so the training
 pipeline reads it exactly like Kinetics or ImageNet would be read. The builder
 config carries the generation parameters (num_train, num_test, size,
-num_frames, seed) and its name encodes them (e.g. `s40_f16_n1500-300_seed0`),
-so datasets of different sizes live side by side in one data_dir:
+num_frames, seed, noise) and its name encodes them (e.g. `s40_f16_n1500-300_seed0`;
+a noise other than the default adds `_noise24`), so datasets of different
+sizes and difficulties live side by side in one data_dir:
 
     data_dir/cover_synthetic_motion/s40_f16_n1500-300_seed0/1.0.0/
 
@@ -48,6 +49,7 @@ class SyntheticConfig(tfds.core.BuilderConfig):
     size: frame height and width in pixels.
     num_frames: frames per video (1 for images).
     seed: generation seed; train and test use different streams of it.
+    noise: per-pixel noise amplitude, the difficulty knob (synthetic.py).
   """
 
   num_train: int
@@ -55,21 +57,27 @@ class SyntheticConfig(tfds.core.BuilderConfig):
   size: int
   num_frames: int
   seed: int = 0
+  noise: int = synthetic.NOISE_AMPLITUDE
 
   @classmethod
   def create(cls, *, num_train: int, num_test: int, size: int, num_frames: int,
-             seed: int = 0) -> SyntheticConfig:
+             seed: int = 0, noise: int = synthetic.NOISE_AMPLITUDE) -> SyntheticConfig:
     """Builds a config whose name encodes every generation parameter."""
     for what, value in (("num_train", num_train), ("num_test", num_test), ("size", size),
                         ("num_frames", num_frames)):
       if int(value) != value or value < 1:
         raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    name = f"s{size}_f{num_frames}_n{num_train}-{num_test}_seed{seed}"
+    if int(noise) != noise or not 0 <= noise <= synthetic.MAX_NOISE:
+      raise ValueError(f"noise must be an integer in [0, {synthetic.MAX_NOISE}], got {noise!r}")
+    # The default noise leaves the name as it was before the knob existed, so
+    # datasets already built are found again.
+    suffix = "" if noise == synthetic.NOISE_AMPLITUDE else f"_noise{noise}"
+    name = f"s{size}_f{num_frames}_n{num_train}-{num_test}_seed{seed}{suffix}"
     return cls(name=name, version=_VERSION, release_notes=dict(_RELEASE_NOTES),
                description=f"{size}x{size} px, {num_frames} frame(s), {num_train} train / "
-                           f"{num_test} test examples, seed {seed}.",
+                           f"{num_test} test examples, seed {seed}, noise +-{noise}.",
                num_train=int(num_train), num_test=int(num_test), size=int(size),
-               num_frames=int(num_frames), seed=int(seed))
+               num_frames=int(num_frames), seed=int(seed), noise=int(noise))
 
 
 class LocalDatasetInfo(tfds.core.DatasetInfo):
@@ -143,7 +151,7 @@ class _SyntheticBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     config = self._config
     examples = synthetic.generate_examples(self.SOURCE, split, num_examples,
                                            num_frames=config.num_frames, size=config.size,
-                                           seed=config.seed)
+                                           seed=config.seed, noise=config.noise)
     for key, example in examples:
       if "video" in example:  # TFDS would encode the frames one eager call at a time
         example = {**example, "video": list(_encode_png_frames(example["video"]).numpy())}
@@ -278,7 +286,8 @@ def _prepare(builder: tfds.core.DatasetBuilder) -> None:
 
 
 def build(source: str, data_dir: str, *, num_train: int, num_test: int, size: int,
-          num_frames: int, seed: int = 0) -> tfds.core.DatasetBuilder:
+          num_frames: int, seed: int = 0,
+          noise: int = synthetic.NOISE_AMPLITUDE) -> tfds.core.DatasetBuilder:
   """Returns the prepared builder of a synthetic dataset, generating it if needed.
 
   Generation is offline and happens only if the variant is not yet prepared in
@@ -296,6 +305,7 @@ def build(source: str, data_dir: str, *, num_train: int, num_test: int, size: in
     size: frame height and width in pixels.
     num_frames: frames per video (ignored for images, stored as 1).
     seed: generation seed.
+    noise: per-pixel noise amplitude (the difficulty knob).
 
   Returns:
     A prepared `tfds.core.DatasetBuilder` (call `as_dataset` on it).
@@ -305,7 +315,8 @@ def build(source: str, data_dir: str, *, num_train: int, num_test: int, size: in
   """
   cls = _builder_class(source)
   config = SyntheticConfig.create(num_train=num_train, num_test=num_test, size=size,
-                                  num_frames=num_frames if IS_VIDEO[source] else 1, seed=seed)
+                                  num_frames=num_frames if IS_VIDEO[source] else 1, seed=seed,
+                                  noise=noise)
   data_dir = os.fspath(data_dir)
   builder = _open_prepared(cls, data_dir, config)
   if builder is not None:

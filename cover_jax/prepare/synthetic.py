@@ -87,7 +87,11 @@ SHADE_FACTOR = 0.65  # Dark half of an object = SHADE_FACTOR x its colour.
 _BRIGHTNESS_RANGE = (0.92, 1.0)  # Per-object brightness jitter.
 _BACKGROUND_MAX = 50  # Max of the random background colour, per channel.
 _TEXTURE_MAX = 15  # Max amplitude of the static background texture.
-NOISE_AMPLITUDE = 8  # Per-pixel, per-frame uniform noise in [-8, 8].
+# Per-pixel, per-frame uniform noise in [-8, 8]: the default of the `noise`
+# argument below, the datasets' difficulty knob (more noise hides small shapes
+# and small moves, so a model needs more examples to learn the same classes).
+NOISE_AMPLITUDE = 8
+MAX_NOISE = 127  # beyond it the noise alone spans the whole uint8 range
 # Every shape fits in a disc of 1.06 x its radius; the margin keeps all of it
 # (plus one pixel) inside the frame.
 _EXTENT = 1.1
@@ -170,7 +174,7 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
 
 
 def _render(rng: np.random.Generator, shape: str, colour: str, trajectory: dict[str, np.ndarray],
-            size: int) -> np.ndarray:
+            size: int, noise: int = NOISE_AMPLITUDE) -> np.ndarray:
   """Renders one object along a trajectory on a noisy background.
 
   Args:
@@ -180,6 +184,7 @@ def _render(rng: np.random.Generator, shape: str, colour: str, trajectory: dict[
     trajectory: per-frame float arrays 'x', 'y' (centre in pixels, y down),
       'radius' (pixels) and 'angle' (radians; increasing = clockwise on screen).
     size: frame height and width.
+    noise: amplitude of the per-pixel, per-frame uniform noise.
 
   Returns:
     uint8 frames, (T, size, size, 3).
@@ -203,7 +208,7 @@ def _render(rng: np.random.Generator, shape: str, colour: str, trajectory: dict[
   frames = np.broadcast_to(background, (*inside.shape, 3)).copy()
   frames[inside & ~shaded] = main + 0.5
   frames[inside & shaded] = SHADE_FACTOR * main + 0.5
-  frames += rng.integers(-NOISE_AMPLITUDE, NOISE_AMPLITUDE + 1, size=frames.shape, dtype=np.int16)
+  frames += rng.integers(-noise, noise + 1, size=frames.shape, dtype=np.int16)
   return np.clip(frames, 0, 255, out=frames).astype(np.uint8)
 
 
@@ -241,7 +246,7 @@ def _random_motion(rng: np.random.Generator, num_frames: int, size: int) -> dict
 
 
 def render_appearance_video(rng: np.random.Generator, label: int, num_frames: int,
-                            size: int) -> np.ndarray:
+                            size: int, noise: int = NOISE_AMPLITUDE) -> np.ndarray:
   """Renders a clip of the object `APPEARANCE_CLASSES[label]` moving at random.
 
   Args:
@@ -249,12 +254,13 @@ def render_appearance_video(rng: np.random.Generator, label: int, num_frames: in
     label: index into `APPEARANCE_CLASSES`.
     num_frames: clip length T.
     size: frame height and width in pixels.
+    noise: per-pixel noise amplitude (the difficulty knob).
 
   Returns:
     uint8 video, (num_frames, size, size, 3).
   """
   colour, shape = APPEARANCE_CLASSES[label].split(" ")
-  return _render(rng, shape, colour, _random_motion(rng, num_frames, size), size)
+  return _render(rng, shape, colour, _random_motion(rng, num_frames, size), size, noise)
 
 
 # --- Motion videos ------------------------------------------------------------
@@ -303,7 +309,7 @@ def _motion_trajectory(rng, pair: int, s: np.ndarray, size: int) -> dict[str, np
 
 
 def render_motion_video(rng: np.random.Generator, label: int, num_frames: int,
-                        size: int) -> np.ndarray:
+                        size: int, noise: int = NOISE_AMPLITUDE) -> np.ndarray:
   """Renders a random object doing `MOTION_CLASSES[label]`.
 
   Odd labels reverse the even label's trajectory in time, so both classes of a
@@ -314,6 +320,7 @@ def render_motion_video(rng: np.random.Generator, label: int, num_frames: int,
     label: index into `MOTION_CLASSES`.
     num_frames: clip length T.
     size: frame height and width in pixels.
+    noise: per-pixel noise amplitude (the difficulty knob).
 
   Returns:
     uint8 video, (num_frames, size, size, 3).
@@ -326,19 +333,21 @@ def render_motion_video(rng: np.random.Generator, label: int, num_frames: int,
   trajectory = _motion_trajectory(rng, label // 2, s, size)
   if label % 2:
     trajectory = {k: v[::-1].copy() for k, v in trajectory.items()}
-  return _render(rng, shape, colour, trajectory, size)
+  return _render(rng, shape, colour, trajectory, size, noise)
 
 
 # --- Images -------------------------------------------------------------------
 
 
-def render_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
+def render_image(rng: np.random.Generator, label: int, size: int,
+                 noise: int = NOISE_AMPLITUDE) -> np.ndarray:
   """Renders the object `IMAGE_CLASSES[label]` at a random place, size and angle.
 
   Args:
     rng: the example's generator; all randomness comes from it.
     label: index into `IMAGE_CLASSES`.
     size: image height and width in pixels.
+    noise: per-pixel noise amplitude (the difficulty knob).
 
   Returns:
     uint8 image, (size, size, 3).
@@ -351,7 +360,7 @@ def render_image(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
       "radius": np.array([radius]),
       "angle": np.array([rng.uniform(-0.3, 0.3)]),
   }
-  return _render(rng, shape, colour, trajectory, size)[0]
+  return _render(rng, shape, colour, trajectory, size, noise)[0]
 
 
 # --- Examples -----------------------------------------------------------------
@@ -369,7 +378,7 @@ def example_rng(source: str, split: str, index: int, seed: int = 0) -> np.random
 
 
 def render_example(source: str, split: str, index: int, *, num_frames: int, size: int,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, noise: int = NOISE_AMPLITUDE) -> dict:
   """Example `index` of (source, split): {'video' or 'image': uint8, 'label': int}.
 
   Labels cycle through the classes (label = index % num_classes), so any
@@ -378,14 +387,15 @@ def render_example(source: str, split: str, index: int, *, num_frames: int, size
   rng = example_rng(source, split, index, seed)
   label = index % len(class_names(source))
   if source == "synthetic_images":
-    return {"image": render_image(rng, label, size), "label": label}
+    return {"image": render_image(rng, label, size, noise), "label": label}
   render: Callable = (render_appearance_video if source == "synthetic_appearance"
                       else render_motion_video)
-  return {"video": render(rng, label, num_frames, size), "label": label}
+  return {"video": render(rng, label, num_frames, size, noise), "label": label}
 
 
 def generate_examples(source: str, split: str, num_examples: int, *, num_frames: int, size: int,
-                      seed: int = 0) -> Iterator[tuple[str, dict]]:
+                      seed: int = 0, noise: int = NOISE_AMPLITUDE
+                      ) -> Iterator[tuple[str, dict]]:
   """Yields (key, example) for examples 0..num_examples-1 of (source, split).
 
   Args:
@@ -395,6 +405,8 @@ def generate_examples(source: str, split: str, num_examples: int, *, num_frames:
     num_frames: frames per video (ignored for 'synthetic_images').
     size: frame height and width in pixels.
     seed: dataset seed.
+    noise: per-pixel noise amplitude (the difficulty knob; the default is the
+      demo's data).
 
   Yields:
     (key, example): key is f'{split}_{index:07d}'; example is
@@ -405,4 +417,4 @@ def generate_examples(source: str, split: str, num_examples: int, *, num_frames:
   _check_choice("split", split, SPLITS)
   for index in range(num_examples):
     yield f"{split}_{index:07d}", render_example(
-        source, split, index, num_frames=num_frames, size=size, seed=seed)
+        source, split, index, num_frames=num_frames, size=size, seed=seed, noise=noise)
