@@ -32,7 +32,7 @@ setup(
     extras_require={
         # google-cloud-storage: Orbax's gs:// checkpoints (tests run a gs:// workdir
         # against an offline stand-in, tests/fake_gcs.py).
-        "dev": ["pytest==9.2.0", "google-cloud-storage==3.17.1"],
+        "dev": ["pytest==9.2.0", "pytest-xdist==3.8.0", "google-cloud-storage==3.17.1"],
         "tpu": ["jax[tpu]==0.10.2", "google-cloud-storage==3.17.1"],
         "gpu": ["jax[cuda12]==0.10.2"],
         # Reading PyTorch checkpoints (.pyth, pytorch_model.bin) with
