@@ -187,11 +187,11 @@ def prepared(tmp_path_factory):
       "k400": ("folder", None, raw / "folder", None),
       "ssv2": ("ssv2", raw / "ssv2" / "train.json", raw / "ssv2" / "videos",
                raw / "ssv2" / "labels.json")}
-  for name, (fmt, annotations, videos, classes) in sources.items():
+  for name, (fmt, labels_file, videos, classes) in sources.items():
     for split in ("train", "validation"):  # the same videos: a test of the wiring, not of accuracy
       prepare_cli.prepare(prepare_cli.PrepareOptions(
           format=fmt, output_dir=str(root / name), split=split, video_root=str(videos),
-          annotations=annotations and str(annotations), class_list=classes and str(classes),
+          annotations=labels_file and str(labels_file), class_list=classes and str(classes),
           settings=settings, progress=False))
   data_files.write_image_folder(root / "in21k", "train", {"cat": 3, "dog": 3, "fox": 2})
   return root
