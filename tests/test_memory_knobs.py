@@ -87,7 +87,7 @@ def test_scanned_parameters_are_stacked_and_convert_back():
   stacked = nnx.to_pure_dict(scanned)
   kernel = stacked["backbone"]["blocks"]["attn"]["qkv_kernel"]
   assert kernel.shape[0] == 2  # depth
-  spec = nnx.get_partition_spec(scanned)["backbone"]["blocks"]["attn"]["qkv_kernel"].value
+  spec = nnx.get_partition_spec(scanned)["backbone"]["blocks"]["attn"]["qkv_kernel"].get_value()
   assert spec[0] == "layers"
   unstacked = block_stack.unstack_blocks(stacked)
   assert sorted(unstacked["backbone"]["blocks"]) == [0, 1]
