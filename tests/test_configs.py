@@ -157,4 +157,11 @@ def test_scanned_models_take_stochastic_depth_and_init_from():
   config = load_config("configs/k400.py", "tiny=true", init_from="/ckpt/ViT-B_16.npz",
                        **{"model.scan_layers": True, "model.remat": "full",
                           "model.stochastic_depth": 0.1})
-  validate_config(config, num_devices=1)
+  assert config.model.scan_layers and config.model.stochastic_depth == 0.1 and config.init_from
+  validate_config(config, num_devices=1)  # raised ConfigError for both before issue 12
+  # The same config is still checked: an invalid rate is refused, and only it is named.
+  config.model.stochastic_depth = 1.5
+  with pytest.raises(ConfigError) as e:
+    validate_config(config, num_devices=1)
+  problems = str(e.value).splitlines()[1:]
+  assert len(problems) == 1 and "config.model.stochastic_depth = 1.5" in problems[0]
