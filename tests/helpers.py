@@ -3,9 +3,20 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def fake_devices_env(count: int, **extra) -> dict:
+  """os.environ for a subprocess with `count` fake CPU devices, the suite's compile flags kept.
+
+  XLA reads the device count from XLA_FLAGS when JAX starts, so it must be
+  set for a new process; the flags conftest.py sets stay (cheap compiles).
+  """
+  flags = f"--xla_force_host_platform_device_count={count} " + os.environ.get("XLA_FLAGS", "")
+  return {**os.environ, "XLA_FLAGS": flags, **extra}
 
 
 def load_config(path: str = "configs/demo.py", arg: str | None = None, **overrides):

@@ -8,7 +8,6 @@ state, else the fresh state.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -24,7 +23,7 @@ from cover_jax.prepare import synthetic
 from cover_jax.models import block_stack
 from cover_jax.config.validation import ConfigError, validate_config
 from cover_jax.pretrained import fit, loader
-from tests.helpers import REPO, load_config
+from tests.helpers import REPO, fake_devices_env, load_config
 from tests.pretrained_helpers import FIXTURES
 
 # Shape of the demo's tiny model: width 32, 1 layer, 2 heads, MLP 64, patch 8, 16 px, 4 frames.
@@ -182,8 +181,7 @@ def test_init_from_places_weights_in_the_sharded_state_on_eight_devices(tiny_dat
   result = subprocess.run(
       [sys.executable, "-c", _SHARDED_INIT, tiny_data_dir, str(FIXTURES / "hf"), str(tmp_path / "w")],
       cwd=REPO, capture_output=True, text=True, timeout=600,
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-           "PYTHONPATH": str(REPO)})
+      env=fake_devices_env(8, PYTHONPATH=str(REPO)))
   assert result.returncode == 0, result.stderr[-3000:]
   # qkv_kernel (D, 3, H, D/H): embed over fsdp, heads over tensor; so are most parameters.
   assert "devices 8 spec P('fsdp', None, 'tensor', None)" in result.stdout

@@ -34,7 +34,7 @@ import pytest
 
 from cover_jax.config import defaults, validation
 from cover_jax.train import loop
-from tests.helpers import REPO, load_config
+from tests.helpers import REPO, fake_devices_env, load_config
 
 # Base runs, as overrides of `_base_config()` (motion only, 4 steps, no eval).
 TWO = {"arg": "datasets=motion+appearance"}         # the mixture's fields need two datasets
@@ -333,8 +333,7 @@ def _main_on_eight_devices(data_dir, workdir, overrides: dict) -> subprocess.Com
   flags = [f"--config.{k}={v}" for k, v in {
       "seed": 2, "total_steps": 4, "log_every": 1, "eval_every": 0, "checkpoint_every": 0,
       "data_dir": data_dir, "datasets.motion.eval_split": "", **overrides}.items()]
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8 "
-         + os.environ.get("XLA_FLAGS", "")}
+  env = fake_devices_env(8)
   return subprocess.run([sys.executable, "-m", "cover_jax.main",
                          "--config=configs/demo.py:tiny=true,datasets=motion",
                          f"--workdir={workdir}", *flags], cwd=REPO, env=env,

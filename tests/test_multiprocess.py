@@ -9,7 +9,6 @@ tested without starting anything.
 """
 
 import json
-import os
 import pathlib
 import socket
 import subprocess
@@ -20,7 +19,7 @@ import pytest
 
 from cover_jax.parallel import distributed
 from cover_jax.input import shards
-from tests.helpers import REPO
+from tests.helpers import REPO, fake_devices_env
 
 
 def _free_port() -> int:
@@ -37,7 +36,7 @@ def _start(workdir, data_dir, steps: int, devices: int, *flags) -> subprocess.Po
          f"--config.data_dir={data_dir}", f"--config.total_steps={steps}",
          "--config.checkpoint_every=2", "--config.log_every=1", "--config.eval_every=0",
          "--config.optimizer.end_learning_rate=1e-3", "--config.input.shards=2", *flags]
-  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+  env = fake_devices_env(devices)
   return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
 

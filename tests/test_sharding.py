@@ -5,7 +5,6 @@ host devices must be requested before JAX is first imported.
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,18 +15,15 @@ from jax.sharding import PartitionSpec as P
 
 from cover_jax.config import validation
 from cover_jax.parallel import sharding
-from tests.helpers import REPO, load_config
+from tests.helpers import REPO, fake_devices_env, load_config
 
-# Faster CPU compiles (the check is about partitioning, not generated-code speed).
-_XLA_FLAGS = ("--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
-              "--xla_llvm_disable_expensive_passes=true")
 _MESHES = ("8,1,1", "4,2,1", "2,2,2", "1,8,1", "1,1,8", "2,2,2+knobs")
 
 
 @pytest.fixture(scope="module")
 def mesh_runs():
   """tests/mesh_check.py's results: one device, then each mesh of 8 fake devices."""
-  env = {**os.environ, "XLA_FLAGS": _XLA_FLAGS}
+  env = fake_devices_env(8)
   result = subprocess.run([sys.executable, "-m", "tests.mesh_check"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
   assert result.returncode == 0, result.stderr[-3000:]
