@@ -43,6 +43,9 @@ CONFIGS = {
     # Seconds-long smoke run (tests).
     "tiny": BenchConfig(image_size=32, patch_size=8, frames=2, width=32, depth=1, num_heads=2,
                         mlp_dim=64, num_classes=10, batch=2),
+    # configs/demo.py's model and video batch (the README's main job).
+    "demo": BenchConfig(image_size=32, patch_size=8, frames=4, width=64, depth=4, num_heads=4,
+                        mlp_dim=256, num_classes=12, batch=32),
     "bench": BenchConfig(image_size=64, patch_size=16, frames=8, width=192, depth=4, num_heads=3,
                          mlp_dim=768, num_classes=10, batch=8),
     "small": BenchConfig(image_size=112, patch_size=16, frames=8, width=384, depth=6, num_heads=6,

@@ -54,9 +54,15 @@ def test_converted_run_continues_scanned_as_the_same_run(unscanned_run, tiny_dat
   back = tmp_path / "back"
   relayout.relayout(str(scanned), str(back))
   final, expected = checkpoint_arrays(back, 6), checkpoint_arrays(reference, 6)
+  before = checkpoint_arrays(unscanned_run, 4)
   assert sorted(final) == sorted(expected)
   for key in expected:
-    np.testing.assert_allclose(final[key], expected[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    # The scanned and unrolled steps sum in different orders, and Adam's
+    # g/sqrt(v) magnifies that float noise where a gradient is near zero:
+    # compare with the size of the two steps' update of the array.
+    moved = float(np.max(np.abs(expected[key].astype(np.float64) - before[key])))
+    np.testing.assert_allclose(final[key], expected[key], rtol=1e-4, atol=1e-6 + 0.01 * moved,
+                               err_msg=key)
 
 
 def test_there_and_back_is_bit_identical_and_keeps_the_meta(unscanned_run, tmp_path):
