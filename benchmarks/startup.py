@@ -119,7 +119,7 @@ def main(argv=None) -> None:
       data_dir, cache_dir = str(root / f"{name}-data"), str(root / f"{name}-xla")
       steps = args.steps if name == "demo" else None
       for i in range(1 + args.repeats):
-        label = f"{name} {'cold' if i == 0 else 'warm'}"
+        label = f"{name} {'cold' if i == 0 else 'warm'}" + (f" {i}" if args.repeats > 1 and i else "")
         print(f"running {label} ...", file=sys.stderr, flush=True)
         run = run_once(CONFIGS[name], root / f"{name}-run{i}", data_dir, cache_dir, steps,
                        pathlib.Path(args.repo),

@@ -27,6 +27,10 @@ one head, a .npz (one array per head) for several.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: TensorFlow started quietly, before the imports below
+  from cover_jax.metrics import run_log as _run_log
+  _run_log.import_tensorflow_quietly()
+
 import dataclasses
 import json
 import sys

@@ -78,6 +78,7 @@ def test_predict_command_prints_top_k_and_saves_logits(converted, clip_npy, tmp_
   result = _run("cover_jax.predict", f"--checkpoint={out}", f"--input={clip_npy}", "--top_k=3",
                 f"--output={tmp_path / 'logits.npy'}")
   assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stderr == "", result.stderr  # no library notices (TensorFlow's start-up ones)
   expected = np.load(FIXTURES / "hf_logits_f32.npy")[0]
   best = CLASSES[int(np.argmax(expected))]
   lines = result.stdout.strip().splitlines()

@@ -105,11 +105,12 @@ def name_of(func):
 
 
 def main_block(path):
-  for node in ast.parse(pathlib.Path(path).read_text()).body:
-    if (isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
-        and getattr(node.test.left, "id", "") == "__name__"):
-      return node.body
-  return []
+  """The last `if __name__ == "__main__":` block (the one that runs the app; predict
+  has an earlier one that starts TensorFlow before its imports)."""
+  blocks = [node.body for node in ast.parse(pathlib.Path(path).read_text()).body
+            if isinstance(node, ast.If) and isinstance(node.test, ast.Compare)
+            and getattr(node.test.left, "id", "") == "__name__"]
+  return blocks[-1] if blocks else []
 
 
 def load(module):
@@ -243,7 +244,8 @@ def test_every_documented_command_parses():
 # ----------------------------------------------------------------------------- layering
 
 # Low to high; a module imports its own package and lower ranks only. The
-# commands at the package root (main.py and the others) form the top rank.
+# commands (main.py and the others at the package root, and prepare/__main__.py) form
+# the top rank.
 RANKS = ("parallel", "config", "prepare", "input", "models", "metrics", "checkpoint",
          "pretrained", "evaluation", "train")
 COMMANDS = ("main", "predict", "convert", "export", "study")
@@ -261,8 +263,8 @@ def _module_name(path: pathlib.Path) -> str:
 
 def _package_and_rank(module: str) -> tuple[str, int]:
   parts = module.split(".")
-  if len(parts) == 1:
-    return "", TOP  # cover_jax itself
+  if len(parts) == 1 or parts[-1] == "__main__":
+    return "", TOP  # cover_jax itself, or a package's command (python -m cover_jax.prepare)
   if parts[1] in RANKS and (len(parts) > 2 or (PACKAGE / parts[1]).is_dir()):
     return parts[1], RANKS.index(parts[1])
   return "", TOP  # a command at the root

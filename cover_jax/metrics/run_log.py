@@ -64,6 +64,51 @@ class _Buffer(logging.Handler):
 _state = {"buffer": None, "terminal": None, "native": None}
 
 
+def tensorflow_environment() -> None:
+  """What a command sets before TensorFlow is first imported (commands call it; importing
+  cover_jax changes nothing); a value the user set is kept.
+
+  TF_CPP_MIN_LOG_LEVEL=1: TensorFlow's warnings and errors (a skipped record's
+  reason among them), not its start-up notices. (TensorFlow also imports Keras
+  when it starts, a second of every start-up; TF_USE_LEGACY_KERAS would skip
+  that, but clu's metric writers import TensorBoard's hparams plugin, which
+  needs tf.keras.)
+  """
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+
+# What TensorFlow writes natively when it loads, whatever its log level: absl's
+# note that it logs before being initialised, and the oneDNN notice.
+_TF_START_NOTICES = ("All log messages before absl::InitializeLog()",
+                     "oneDNN custom operations are on")
+
+
+def import_tensorflow_quietly() -> None:
+  """Imports TensorFlow without its start-up notices, for commands that keep descriptor 2.
+
+  `predict` and `prepare` have no log file to send native output to (main
+  and study send it to log.txt, `capture`); TensorFlow's notices are printed
+  natively before its log level applies. Descriptor 2 goes to a temporary
+  file while TensorFlow loads; whatever else it wrote is passed on.
+  """
+  if "tensorflow" in sys.modules:
+    return
+  tensorflow_environment()
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as native:
+    os.dup2(native.fileno(), 2)
+    try:
+      import tensorflow  # pylint: disable=import-outside-toplevel,unused-import  # noqa: F401
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+      native.seek(0)
+      lines = native.read().decode(errors="replace").splitlines(keepends=True)
+  sys.stderr.write("".join(line for line in lines
+                           if not any(notice in line for notice in _TF_START_NOTICES)))
+
+
 def capture(keep: bool = True) -> None:
   """From now on the terminal gets the story only; with `keep`, everything is kept for log.txt.
 

@@ -2,7 +2,10 @@
 
 from absl import app
 
-from cover_jax.prepare import cli
+from cover_jax.metrics import run_log
+
+run_log.import_tensorflow_quietly()  # before cli's modules import it
+from cover_jax.prepare import cli  # noqa: E402  pylint: disable=wrong-import-position
 
 if __name__ == "__main__":
   cli.define_flags()

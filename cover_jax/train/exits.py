@@ -22,10 +22,8 @@ def start(header: str):
   an invalid config writes nothing) and turns on the compilation cache.
   """
   print(header, flush=True)
-  # Only TensorFlow's warnings and errors (a skipped record's reason among
-  # them), not its start-up notices; set before TensorFlow is imported.
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
   from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
+  run_log.tensorflow_environment()  # before TensorFlow is imported
   run_log.capture()
   import jax  # pylint: disable=import-outside-toplevel (after absl parsed flags: JAX flags settled)
   use_compilation_cache(jax)
