@@ -100,13 +100,13 @@ def import_tensorflow_quietly() -> None:
     os.dup2(native.fileno(), 2)
     try:
       import tensorflow  # pylint: disable=import-outside-toplevel,unused-import  # noqa: F401
-    finally:
+    finally:  # also when the import fails: its native messages are passed on
       os.dup2(saved, 2)
       os.close(saved)
       native.seek(0)
       lines = native.read().decode(errors="replace").splitlines(keepends=True)
-  sys.stderr.write("".join(line for line in lines
-                           if not any(notice in line for notice in _TF_START_NOTICES)))
+      sys.stderr.write("".join(line for line in lines
+                               if not any(notice in line for notice in _TF_START_NOTICES)))
 
 
 def capture(keep: bool = True) -> None:
