@@ -15,41 +15,35 @@ If "loop-like" is close to "step alone", the host's work (decoding,
 augmenting, copying batches, dispatching) overlaps the step and the run's
 speed is the compiled step's: only a faster step makes the run faster.
 
-  python benchmarks/host_overhead.py                       # the demo, 400 steps
-  python benchmarks/host_overhead.py --steps=20 --config=configs/demo.py:tiny=true   # smoke run
+  python benchmarks/host_overhead.py --config=configs/demo.py          # the demo, 400 steps
+  python benchmarks/host_overhead.py --config=configs/demo.py:tiny=true --steps=20   # smoke run
 
-The datasets are built in --data_dir if missing. Numbers on a shared machine
+Any config field can be overridden (--config.data_dir=DIR: the embedded
+datasets are built there if missing). Numbers on a shared machine
 move by 10-30% between runs: compare rows of the same run.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import importlib.util  # noqa: E402
-
 import jax  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 from cover_jax.input import device, pipeline  # noqa: E402
 from cover_jax.parallel import sharding  # noqa: E402
 from cover_jax.train import build, state as train_state, streams as streams_lib  # noqa: E402
 
 
-def load_config(path: str, data_dir: str):
-  """`get_config(arg)` of 'FILE[:ARG]', as --config=FILE[:ARG] gives it, with `data_dir`."""
-  file, _, arg = path.partition(":")
-  spec = importlib.util.spec_from_file_location("benchmarked_config", file)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  with config.unlocked():
-    config.data_dir = data_dir
-  return config
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
+                                          lock_config=True)
+_STEPS = flags.DEFINE_integer("steps", 400, "steps of the mixture timed per row")
+flags.mark_flags_as_required(["config"])
 
 
 def _timed(fn) -> float:
@@ -58,13 +52,9 @@ def _timed(fn) -> float:
   return time.perf_counter() - start
 
 
-def main(argv=None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--config", default="configs/demo.py")
-  parser.add_argument("--data_dir", default=os.path.expanduser("~/tensorflow_datasets"))
-  parser.add_argument("--steps", type=int, default=400)
-  args = parser.parse_args(argv)
-  config, n = load_config(args.config, args.data_dir), args.steps
+def main(argv) -> None:
+  del argv
+  config, n = _CONFIG.value, _STEPS.value
   specs = pipeline.prepare_datasets(config)
   mesh = sharding.make_mesh(config.mesh_shape)
   rules = sharding.rules_from_config(config.axis_rules)
@@ -101,12 +91,13 @@ def main(argv=None) -> None:
         tuple(device.to_device(mesh, streams.next_batch(d), index[d], rules) for d in names)
         for names in steps)), n))
   streams.close()
-  print(f"{args.config}, {n} steps, {jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"{os.cpu_count()} cores")
+  config_file = config_flags.get_config_filename(flags.FLAGS["config"])
+  print(f"{config_file}, {n} steps, {jax.device_count()} {jax.devices()[0].platform} "
+        f"device(s), {os.cpu_count()} cores")
   print(f"{'':<36}{'ms/step':>10}{'steps/s':>10}")
   for label, seconds, count in rows:
     print(f"{label:<36}{seconds / count * 1e3:>10.1f}{count / seconds:>10.1f}")
 
 
 if __name__ == "__main__":
-  main()
+  app.run(main)

@@ -22,7 +22,7 @@ def test_host_overhead_benchmark_times_pipeline_step_and_loop(tiny_data_dir):
   """benchmarks/host_overhead.py on the tiny demo: a row per part, one per dataset."""
   result = subprocess.run(
       [sys.executable, "benchmarks/host_overhead.py", "--steps=12",
-       "--config=configs/demo.py:tiny=true", f"--data_dir={tiny_data_dir}"],
+       "--config=configs/demo.py:tiny=true", f"--config.data_dir={tiny_data_dir}"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   rows = {line[:36].strip(): line[36:].split() for line in result.stdout.splitlines()[2:]}
