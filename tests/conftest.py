@@ -14,6 +14,8 @@ XLA's defaults. A subprocess that needs fake devices adds them to these
 flags (helpers.fake_devices_env).
 """
 
+import fcntl
+import json
 import os
 import pathlib
 
@@ -32,15 +34,38 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 import pytest  # noqa: E402
 
 
+def _built_once(tmp_path_factory, worker_id: str, name: str, build) -> pathlib.Path:
+  """`build(directory)` done once per test session, not once per pytest-xdist worker.
+
+  The workers share the parent of their base temp directories (pytest-xdist's
+  way to share a session fixture): the first worker to get there builds under
+  a lock, the others wait and reuse what it built. Returns the directory.
+  """
+  if worker_id == "master":  # not distributed (-n 0): nothing to share
+    directory = tmp_path_factory.mktemp(name)
+    build(directory)
+    return directory
+  root = tmp_path_factory.getbasetemp().parent
+  directory, done = root / name, root / f"{name}.done"
+  with open(root / f"{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+    if not done.exists():
+      directory.mkdir(exist_ok=True)
+      build(directory)
+      done.touch()
+  return directory
+
+
 @pytest.fixture(scope="session")
-def tiny_data_dir(tmp_path_factory):
+def tiny_data_dir(tmp_path_factory, worker_id):
   """A data_dir with the tiny embedded datasets, built once per test session."""
   from cover_jax.input import pipeline
   from tests.helpers import load_config
 
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  pipeline.prepare_datasets(load_config(arg="tiny=true", data_dir=data_dir))
-  return data_dir
+  def build(directory):
+    pipeline.prepare_datasets(load_config(arg="tiny=true", data_dir=str(directory)))
+
+  return str(_built_once(tmp_path_factory, worker_id, "tfds", build))
 
 
 @pytest.fixture
@@ -55,20 +80,27 @@ TINY_RUN_SEED = 2  # the 'sample' mixture draws every tiny dataset within its 6 
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tiny_data_dir, tmp_path_factory):
+def tiny_run(tiny_data_dir, tmp_path_factory, worker_id):
   """(workdir, result): one finished 6-step tiny demo run through the main command.
 
-  Seed 2, checkpoints at steps 3 and 6. Shared by the tests that only read it;
-  tests that change a workdir copy it first.
+  Seed 2, checkpoints at steps 3 and 6. Built once per session and shared by
+  the tests that only read it; tests that change a workdir copy it first.
   """
   import subprocess
   import sys
   from tests.helpers import REPO
 
-  workdir = tmp_path_factory.mktemp("tiny_run")
-  cmd = [sys.executable, "-m", "cover_jax.main", "--config=configs/demo.py:tiny=true",
-         f"--workdir={workdir}", f"--config.data_dir={tiny_data_dir}",
-         f"--config.seed={TINY_RUN_SEED}"]
-  result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
-  assert result.returncode == 0, result.stderr[-3000:]
-  return workdir, result
+  def build(directory):
+    workdir = directory / "workdir"
+    cmd = [sys.executable, "-m", "cover_jax.main", "--config=configs/demo.py:tiny=true",
+           f"--workdir={workdir}", f"--config.data_dir={tiny_data_dir}",
+           f"--config.seed={TINY_RUN_SEED}"]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (directory / "result.json").write_text(json.dumps(
+        {"args": cmd, "stdout": result.stdout, "stderr": result.stderr}))
+
+  directory = _built_once(tmp_path_factory, worker_id, "tiny_run", build)
+  saved = json.loads((directory / "result.json").read_text())
+  return directory / "workdir", subprocess.CompletedProcess(saved["args"], 0, saved["stdout"],
+                                                            saved["stderr"])
