@@ -20,6 +20,9 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",  # HuggingFace checkpoints, read without pickle
     "importlib-resources==7.1.0",  # TFDS's registered datasets (imagenet2012) import it
     "matplotlib==3.11.2",  # the co-training study's picture (evaluation/study_report.py)
+    # NumPy dtypes of JAX and TensorFlow: 0.7.0 takes 0.6 s longer to import, in
+    # every process (benchmarks/startup.py; docs/performance.md).
+    "ml_dtypes==0.6.0",
 ]
 
 setup(

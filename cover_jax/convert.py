@@ -25,6 +25,10 @@ zero); its ImageNet head is kept only if no pre_logits layer precedes it.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: no garbage collection during the imports below
+  from cover_jax.train import exits as _exits
+  _exits.hold_garbage_collection()  # until they are done (train/exits.py)
+
 import json
 import os
 import sys
@@ -178,5 +182,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _exits.imports_done()
   define_flags()
   app.run(main)

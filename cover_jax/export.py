@@ -29,6 +29,10 @@ runs exactly (not 'space_only').
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # the command: no garbage collection during the imports below
+  from cover_jax.train import exits as _exits
+  _exits.hold_garbage_collection()  # until they are done (train/exits.py)
+
 import dataclasses
 import json
 import os
@@ -221,5 +225,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _exits.imports_done()
   define_flags()
   app.run(main)

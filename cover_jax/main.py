@@ -72,6 +72,7 @@ def main(argv):
   if jax.process_index() != 0:
     run_log.quiet_terminal()  # process 0 tells the story
   failures = exits.failures()
+  exits.imports_done()
   try:
     validation.validate_config(config, num_devices=jax.device_count(),
                                process_count=jax.process_count())
@@ -87,4 +88,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  exits.hold_garbage_collection()  # until main() has imported what it runs
   app.run(main, flags_parser=lambda argv: command_line.parse_or_exit(argv, _CONFIG))

@@ -28,6 +28,8 @@ one head, a .npz (one array per head) for several.
 from __future__ import annotations
 
 if __name__ == "__main__":  # the command: TensorFlow started quietly, before the imports below
+  from cover_jax.train import exits as _exits
+  _exits.hold_garbage_collection()  # until the imports are done (train/exits.py)
   from cover_jax.metrics import run_log as _run_log
   _run_log.import_tensorflow_quietly()
 
@@ -237,5 +239,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _exits.imports_done()
   define_flags()
   app.run(main)

@@ -138,6 +138,7 @@ def main(argv):
   from cover_jax.metrics import run_log  # pylint: disable=import-outside-toplevel
 
   failures = exits.failures()
+  exits.imports_done()
   try:
     study_arms.check(study, num_devices=jax.device_count(), process_count=jax.process_count())
     if FLAGS.mode == "run":
@@ -150,5 +151,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  from cover_jax.train import exits as _exits
+  _exits.hold_garbage_collection()  # until main() has imported what it runs
   define_flags()
   app.run(main, flags_parser=lambda argv: command_line.parse_or_exit(argv, FLAGS["config"]))

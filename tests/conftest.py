@@ -15,6 +15,7 @@ flags (helpers.fake_devices_env).
 """
 
 import fcntl
+import gc
 import json
 import os
 import pathlib
@@ -32,6 +33,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 import pytest  # noqa: E402
+
+# The imports of collection (JAX, TensorFlow, every test module) leave about
+# a million long-lived objects; each full garbage collection would walk them
+# all again, in every in-process training run. So: no collection until the
+# tests are collected, then those objects are frozen out of later ones, as
+# the commands do (cover_jax/train/exits.py).
+gc.disable()
+
+
+def pytest_collection_finish(session):  # pylint: disable=unused-argument
+  gc.freeze()
+  gc.enable()
 
 
 def _built_once(tmp_path_factory, worker_id: str, name: str, build) -> pathlib.Path:

@@ -19,12 +19,9 @@ Runs are cached by their overrides: the baselines are trained once.
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import json
 import math
-import multiprocessing
-import os
 import pathlib
 import subprocess
 import sys
@@ -204,32 +201,19 @@ def _base_config(tiny_data_dir, overrides: dict):
 
 
 class _Runs:
-  """Trainer runs by their overrides, each done once: all of them up front, two at a time.
+  """Trainer runs by their overrides, each done once, in this process.
 
-  The runs go to two worker processes (spawned, so each imports JAX and
-  TensorFlow once and then trains run after run in one process); the source
-  run that `init_from` starts from comes first.
+  One process trains run after run (JAX and TensorFlow imported once, the
+  compiled steps cached); the source run that `init_from` starts from comes
+  first.
   """
 
   def __init__(self, data_dir, root):
     self.data_dir, self.root, self.done = data_dir, root, {}
 
-  def run_all(self, overrides_list: list[dict], workers: int = 2) -> None:
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context,
-                                                initializer=_quiet) as pool:
-      self._collect(pool, [SOURCE])
-      self._collect(pool, overrides_list)
-
-  def _collect(self, pool, overrides_list) -> None:
-    todo = {}
-    for overrides in overrides_list:
-      key = _key(overrides)
-      if key not in self.done and key not in todo:
-        todo[key] = pool.submit(_run, self.data_dir, str(self.root), overrides,
-                                str(self.root / _key(SOURCE)))
-    for key, future in todo.items():
-      self.done[key] = future.result()
+  def run_all(self, overrides_list: list[dict]) -> None:
+    for overrides in [SOURCE, *overrides_list]:
+      self.get(overrides)
 
   def get(self, overrides: dict) -> dict:
     key = _key(overrides)
@@ -237,11 +221,6 @@ class _Runs:
       self.done[key] = _run(self.data_dir, str(self.root), overrides,
                             str(self.root / _key(SOURCE)))
     return self.done[key]
-
-
-def _quiet() -> None:
-  """A worker's own story lines are not the test's output."""
-  sys.stdout = open(os.devnull, "w")  # pylint: disable=consider-using-with
 
 
 def _run(data_dir: str, root: str, overrides: dict, source: str) -> dict:

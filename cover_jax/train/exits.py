@@ -5,13 +5,35 @@
 cache) and map the same failures to the same exit statuses (`failures`), so a
 user reads the same status for the same failure. The statuses are listed in
 main.py's docstring.
+
+Both also hold Python's garbage collector while they import JAX, TensorFlow
+and the rest (`hold_garbage_collection`, `imports_done`): those imports leave
+about 500,000 long-lived objects, none of them garbage, and each full
+collection during start-up would walk them all again (about 2 s of a tiny
+run's 14 s of CPU time on the 2-core CPU machine, docs/performance.md).
 """
 
 from __future__ import annotations
 
+import gc
 import os
 
 DATASET_EXIT_STATUS = 6  # a dataset cannot be read
+
+
+def hold_garbage_collection() -> None:
+  """No garbage collection until `imports_done`: call first thing in a command's `__main__`."""
+  gc.disable()
+
+
+def imports_done() -> None:
+  """Keeps what the imports made out of every later collection, and collects again from here.
+
+  `gc.freeze` moves every object alive now to a generation the collector
+  never walks; objects made from here on are collected as usual.
+  """
+  gc.freeze()
+  gc.enable()
 
 
 def start(header: str):
