@@ -6,7 +6,8 @@ cache) and map the same failures to the same exit statuses (`failures`), so a
 user reads the same status for the same failure. The statuses are listed in
 main.py's docstring.
 
-Both also hold Python's garbage collector while they import JAX, TensorFlow
+Every command (these two, predict, convert, export, prepare) also holds
+Python's garbage collector while it imports JAX, TensorFlow
 and the rest (`hold_garbage_collection`, `imports_done`): those imports leave
 about 500,000 long-lived objects, none of them garbage, and each full
 collection during start-up would walk them all again (about 2 s of a tiny
