@@ -114,8 +114,10 @@ def small_state():
   return abstract, state
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @pytest.mark.parametrize("how", DAMAGES)
-def test_each_damage_of_the_latest_checkpoint_falls_back(small_state, tmp_path, how):
+def test_each_damage_of_the_latest_checkpoint_falls_back(small_state, tmp_path, how,
+                                                        failed_restores_collected):
   abstract, state = small_state
   ckpt = manager.Checkpointer(str(tmp_path), max_to_keep=3)
   for step in (1, 2):
@@ -127,8 +129,9 @@ def test_each_damage_of_the_latest_checkpoint_falls_back(small_state, tmp_path, 
   assert (tmp_path / "1").exists() and (tmp_path / "2").exists()  # nothing deleted
 
 
-def test_training_resumes_past_a_damaged_checkpoint_exactly(tiny_data_dir, trained, workdir,
-                                                            caplog):
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_training_resumes_past_a_damaged_checkpoint_exactly(tiny_data_dir, trained, workdir, caplog,
+                                                            failed_restores_collected):
   _damage(workdir / "checkpoints" / "6", "garbage manifest")
   # As if the run had died before its final results: it resumes (a finished run would
   # print its saved results instead).

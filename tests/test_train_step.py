@@ -1,7 +1,5 @@
 """The pure train/eval steps, the optimizer, and checkpoints."""
 
-import gc
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,19 +163,6 @@ def test_checkpoint_round_trip_is_bit_exact(setup, tmp_path):
   assert step == 1 and meta == {"note": "x"}
   for a, b in zip(_leaves(state), _leaves(restored)):
     np.testing.assert_array_equal(a, b)
-
-
-@pytest.fixture
-def failed_restores_collected():
-  """A failed Orbax restore leaves asyncio callbacks behind whose event loop has closed.
-
-  Collected as garbage they raise 'Event loop is closed' where nothing can
-  catch it (the commands send that to log.txt: metrics/run_log.py). Here they
-  are collected when the test ends, so that they are this test's, and
-  expected (the filterwarnings marks below).
-  """
-  yield
-  gc.collect()
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
